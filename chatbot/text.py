@@ -11,6 +11,9 @@ import unicodedata
 from functools import lru_cache
 from typing import NamedTuple
 
+# Bumped whenever normalise() or tokens() change: an index built with another version is stale.
+VERSION = "1"
+
 # Parts of speech that carry no topic: particles, auxiliaries, punctuation, blanks, pronouns
 # (どこ, それ); and light verbs/nouns (ある, する, こと) whose pos2 is 非自立可能.
 _SKIP_POS1 = {"助詞", "助動詞", "補助記号", "記号", "空白", "代名詞"}
@@ -47,7 +50,7 @@ def dictionary() -> str:
     """The MeCab dictionary in use, for the index manifest."""
     import unidic_lite
 
-    return f"unidic-lite {unidic_lite.__version__ if hasattr(unidic_lite, '__version__') else ''}".strip()
+    return f"unidic-lite {unidic_lite.VERSION}"
 
 
 class Word(NamedTuple):

@@ -1,0 +1,254 @@
+"""Search: a question → ranked programmes, each with its best passage, or an abstention.
+
+Both retrievers score every passage: dense (cosine of the query's embedding) and lexical (BM25
+over MeCab terms). Passage scores become programme scores (a programme is as good as its best
+passage), the two rankings are fused, and three decisions are taken from signals measured on
+our own tuning queries (chatbot/calibration.json, written by `python -m chatbot calibrate`):
+
+- abstain: a small logistic model over how peaked the dense scores are, how much of the
+  question's vocabulary the corpus knows, and the BM25 evidence;
+- ambiguous: the first two programmes are closer than a margin;
+- follow-up: with the programme the conversation is on (`context`), the answer stays on it
+  unless the question, read alone, confidently names another programme.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from chatbot import aliases, text
+from chatbot.errors import QueryError
+
+MAX_QUERY_CHARS = 1000
+METHODS = ("hybrid", "dense", "bm25")
+CALIBRATION = Path(__file__).with_name("calibration.json")
+
+
+@dataclass
+class Settings:
+    """Search parameters; the calibrated ones come from calibration.json for the model."""
+
+    fusion: str = "rrf"  # "rrf" or "score" (min-max normalised, weighted)
+    rrf_k: float = 60.0
+    dense_weight: float = 0.5  # for fusion="score"
+    abstain_weights: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)  # see features()
+    abstain_bias: float = 1.0
+    abstain_threshold: float = 0.5
+    ambiguity_margin: float = 0.1  # relative gap of the fused scores of the first two
+    switch_margin: float = 0.0  # how far ahead of the context another programme must be
+
+    @classmethod
+    def for_model(cls, model_id: str, path: Path = CALIBRATION) -> "Settings":
+        if not path.exists():
+            return cls()
+        saved = json.loads(path.read_text(encoding="utf-8")).get(model_id)
+        if saved is None:
+            return cls()
+        known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()
+                 if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class Result:
+    key: str
+    title: str
+    section: str
+    subitem: str
+    breadcrumb: str
+    text: str
+    urls: list[str]
+    score: float
+    passage: int
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "title": self.title, "section": self.section, "text": self.text,
+                "urls": self.urls, "score": round(self.score, 4), "subitem": self.subitem,
+                "breadcrumb": self.breadcrumb}
+
+
+@dataclass
+class Answer:
+    query: str
+    abstained: bool
+    ambiguous: bool
+    results: list[Result]
+    message: str = ""  # why there is no result (empty or too long a question)
+    context: str = ""  # the context programme the answer stayed on, if it did
+    confidence: float = 0.0  # the abstention model's probability that the question is in scope
+    elapsed_ms: float = 0.0
+
+    def to_json(self) -> dict:
+        out = {"query": self.query, "abstained": self.abstained, "ambiguous": self.ambiguous,
+               "results": [r.to_json() for r in self.results],
+               "confidence": round(self.confidence, 4), "followed_context": bool(self.context)}
+        if self.message:
+            out["message"] = self.message
+        return out
+
+
+@dataclass
+class Ranking:
+    """Programme-level scores of one question, before any decision."""
+
+    keys: list[str]  # programme keys in corpus order
+    fused: np.ndarray  # per programme
+    dense: np.ndarray
+    lexical: np.ndarray
+    best: np.ndarray  # per programme: index of its best passage
+    features: np.ndarray  # abstention features
+    order: np.ndarray = field(default=None)  # programme indices, best first
+
+    def __post_init__(self):
+        # Deterministic: ties break by corpus order (stable sort on the negated score).
+        self.order = np.argsort(-self.fused, kind="stable")
+
+
+class Searcher:
+    def __init__(self, index, encoder, settings: Settings | None = None):
+        self.index = index
+        self.encoder = encoder
+        self.settings = settings or Settings.for_model(index.model_id)
+        items = index.passages
+        self.keys = list(dict.fromkeys(p.key for p in items))
+        self.slot = {key: i for i, key in enumerate(self.keys)}
+        self.owner = np.array([self.slot[p.key] for p in items])
+        self.vocab = index.bm25.vocab_dict
+        self.aliases = aliases.learn(items)
+        self._all = len(items)
+
+    # -- public ---------------------------------------------------------------------------
+    def search(self, query: str, *, top_k: int = 5, context: str | None = None,
+               method: str = "hybrid", audience: str | None = None) -> Answer:
+        started = time.perf_counter()
+        if method not in METHODS:
+            raise QueryError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if context and context not in self.slot:
+            raise QueryError(f"unknown programme key {context!r} for --context; see `python -m chatbot list`")
+        if not 1 <= top_k <= 50:
+            raise QueryError(f"top_k must be between 1 and 50, got {top_k}")
+        clean = text.normalise(query)
+        if not clean:
+            return self._empty(query, "質問を入力してください。", started)
+        if len(clean) > MAX_QUERY_CHARS:
+            return self._empty(query, f"質問が長すぎます（{len(clean)}文字）。{MAX_QUERY_CHARS}文字以内でお願いします。", started)
+
+        ranking = self.rank(clean, method)
+        s = self.settings
+        confidence = _sigmoid(float(np.dot(s.abstain_weights, ranking.features)) + s.abstain_bias)
+        abstained = confidence < s.abstain_threshold if method == "hybrid" else False
+        order = list(ranking.order)
+        stayed = ""
+        if context:
+            ctx = self.slot[context]
+            leaves = (not abstained and order[0] != ctx
+                      and ranking.fused[order[0]] - ranking.fused[ctx] > s.switch_margin * ranking.fused[order[0]])
+            # A question that reads as out of scope alone but uses words the corpus knows
+            # ("支援期間は？") is about the programme under discussion.
+            known = ranking.features[1] >= 0.5
+            if not leaves and (not abstained or known):
+                order = [ctx] + [i for i in order if i != ctx]
+                abstained, stayed = False, context
+        if audience:
+            allowed = {p.key for p in self.index.passages if audience in self._audience(p.key)}
+            order = [i for i in order if self.keys[i] in allowed] or order
+        top = order[:top_k]
+        ambiguous = (not abstained and not stayed and len(top) > 1
+                     and ranking.fused[top[1]] >= (1 - s.ambiguity_margin) * ranking.fused[top[0]])
+        results = [] if abstained else [self._result(i, ranking) for i in top]
+        return Answer(query, abstained, ambiguous, results, context=stayed, confidence=confidence,
+                      elapsed_ms=(time.perf_counter() - started) * 1000)
+
+    def rank(self, clean: str, method: str = "hybrid") -> Ranking:
+        """Score every programme for a normalised question."""
+        expanded = aliases.expand(clean, self.aliases)
+        terms = text.tokens(expanded)
+        lexical_p = self._bm25(terms)
+        dense_p = self._dense(expanded)
+        dense = _per_programme(dense_p, self.owner, len(self.keys), floor=-1.0)
+        lexical = _per_programme(lexical_p, self.owner, len(self.keys), floor=0.0)
+        if method == "dense":
+            fused_p = dense_p
+        elif method == "bm25":
+            fused_p = lexical_p + 1e-6 * dense_p  # dense only breaks BM25's ties (e.g. all zero)
+        else:
+            fused_p = self._fuse(dense_p, lexical_p)
+        fused, best = _per_programme(fused_p, self.owner, len(self.keys), floor=-np.inf, argmax=True)
+        return Ranking(self.keys, fused, dense, lexical, best, self._features(dense, lexical, terms))
+
+    # -- parts ------------------------------------------------------------------------------
+    def _dense(self, clean: str) -> np.ndarray:
+        q = self.encoder.encode_queries([clean]).astype(np.float32)
+        scores, ids = self.index.dense.search(q, self._all)
+        out = np.full(self._all, -1.0, dtype=np.float32)
+        valid = ids[0] >= 0
+        out[ids[0][valid]] = scores[0][valid]
+        return out
+
+    def _bm25(self, terms: list[str]) -> np.ndarray:
+        known = [t for t in terms if t in self.vocab]
+        if not known:
+            return np.zeros(self._all, dtype=np.float32)
+        return np.asarray(self.index.bm25.get_scores(known), dtype=np.float32)
+
+    def _fuse(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
+        s = self.settings
+        if s.fusion == "rrf":
+            return _rrf(dense, s.rrf_k) + (_rrf(lexical, s.rrf_k) if lexical.max() > 0 else 0.0)
+        return s.dense_weight * _minmax(dense) + (1 - s.dense_weight) * _minmax(lexical)
+
+    def _features(self, dense: np.ndarray, lexical: np.ndarray, terms: list[str]) -> np.ndarray:
+        """Abstention features: dense peak above the field, vocabulary coverage, BM25 evidence."""
+        ranked = np.sort(dense)[::-1]
+        peak = (ranked[0] - ranked.mean()) / (ranked.std() + 1e-6)  # one programme stands out
+        gap = ranked[0] - ranked[min(4, len(ranked) - 1)]  # ahead of the fifth
+        content = [t for t in terms if not t.isdigit()]
+        coverage = (sum(t in self.vocab for t in content) / len(content)) if content else 0.0
+        lexical_evidence = math.log1p(float(lexical.max()))
+        return np.array([peak, coverage, lexical_evidence, gap * 10], dtype=np.float64)
+
+    def _audience(self, key: str) -> list[str]:
+        return self.index.manifest.get("audience", {}).get(key, [])
+
+    def _result(self, i: int, ranking: Ranking) -> Result:
+        p = self.index.passages[int(ranking.best[i])]
+        return Result(p.key, p.title, p.section, p.subitem, p.breadcrumb, p.text, list(p.urls),
+                      float(ranking.fused[i]), p.id)
+
+    def _empty(self, query: str, message: str, started: float) -> Answer:
+        return Answer(query, True, False, [], message=message,
+                      elapsed_ms=(time.perf_counter() - started) * 1000)
+
+
+def _per_programme(scores: np.ndarray, owner: np.ndarray, n: int, floor: float, argmax: bool = False):
+    """Max over each programme's passages (and, with argmax, which passage: the first of equals)."""
+    best = np.full(n, floor, dtype=np.float64)
+    np.maximum.at(best, owner, scores.astype(np.float64))
+    if not argmax:
+        return best
+    winners = np.flatnonzero(scores.astype(np.float64) == best[owner])[::-1]
+    best_id = np.zeros(n, dtype=np.int64)
+    best_id[owner[winners]] = winners  # assigned last-to-first, so the earliest passage stays
+    return best, best_id
+
+
+def _rrf(scores: np.ndarray, k: float) -> np.ndarray:
+    """Reciprocal rank fusion term 1/(k + rank) (Cormack et al., SIGIR 2009); stable ranks."""
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1)
+    return 1.0 / (k + ranks)
+
+
+def _minmax(scores: np.ndarray) -> np.ndarray:
+    lo, hi = float(scores.min()), float(scores.max())
+    return (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores, dtype=np.float64)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
