@@ -89,7 +89,7 @@ def build(corpus_dir: Path, index_root: Path, encoder, *, max_chars: int = passa
         raise IndexStateError(f"cannot write the index in {index_root}: {e.strerror}; "
                               "set MADOGUCHI_INDEX to a writable directory") from e
     try:
-        vectors = encoder.encode_passages([p.indexed for p in items], show_progress=progress)
+        vectors = encoder.encode_passages([p.embedded for p in items], show_progress=progress)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         dense = _faiss_index(vectors)
         faiss.write_index(dense, str(tmp / "dense.faiss"))

@@ -2,8 +2,8 @@
 
 A passage never crosses a programme or sub-item boundary, so its breadcrumb
 (section › programme › sub-item) and its URLs are exact. A programme whose text fits in one
-passage stays whole. The displayed `text` is corpus text verbatim; `indexed` adds the
-breadcrumb and link titles, which carry the names visitors search for.
+passage stays whole. The displayed `text` is corpus text verbatim; `embedded` (for the
+dense retriever) adds the breadcrumb, `indexed` (for BM25) the link titles too.
 """
 
 from __future__ import annotations
@@ -36,9 +36,15 @@ class Passage:
         return SEPARATOR.join(p for p in parts if p)
 
     @property
+    def embedded(self) -> str:
+        """What the dense retriever sees: breadcrumb and text. Link titles stay out: several
+        are long English titles (section 9) that would pull every English question there."""
+        return f"{self.breadcrumb}\n{self.text}"
+
+    @property
     def indexed(self) -> str:
-        """What the retrievers see: breadcrumb, text, and the titles of the links."""
-        return "\n".join([self.breadcrumb, self.text, *self.link_titles])
+        """What BM25 sees: the embedded text and the titles of the links, which carry names."""
+        return "\n".join([self.embedded, *self.link_titles])
 
 
 def split(programmes: list[Programme], max_chars: int = DEFAULT_MAX_CHARS) -> list[Passage]:

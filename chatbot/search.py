@@ -37,11 +37,12 @@ class Settings:
     fusion: str = "rrf"  # "rrf" or "score" (min-max normalised, weighted)
     rrf_k: float = 60.0
     dense_weight: float = 0.5  # for fusion="score"
-    abstain_weights: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)  # see features()
+    abstain_weights: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)  # see Searcher._features
     abstain_bias: float = 1.0
     abstain_threshold: float = 0.5
     ambiguity_margin: float = 0.1  # relative gap of the fused scores of the first two
     switch_margin: float = 0.0  # how far ahead of the context another programme must be
+    switch_confidence: float = 0.5  # how sure, read alone, a question must be to leave the context
 
     @classmethod
     def for_model(cls, model_id: str, path: Path = CALIBRATION) -> "Settings":
@@ -122,6 +123,14 @@ class Searcher:
         self.vocab = index.bm25.vocab_dict
         self.aliases = aliases.learn(items)
         self._all = len(items)
+        # Per-term IDF and each passage's term set, for the abstention's coverage feature.
+        self.passage_terms = [set(text.tokens(p.indexed)) for p in items]
+        df: dict[str, int] = {}
+        for terms in self.passage_terms:
+            for t in terms:
+                df[t] = df.get(t, 0) + 1
+        self.idf = {t: math.log((self._all + 1) / (n + 0.5)) for t, n in df.items()}
+        self.idf_unknown = math.log((self._all + 1) / 0.5)
 
     # -- public ---------------------------------------------------------------------------
     def search(self, query: str, *, top_k: int = 5, context: str | None = None,
@@ -147,12 +156,13 @@ class Searcher:
         stayed = ""
         if context:
             ctx = self.slot[context]
-            leaves = (not abstained and order[0] != ctx
-                      and ranking.fused[order[0]] - ranking.fused[ctx] > s.switch_margin * ranking.fused[order[0]])
-            # A question that reads as out of scope alone but uses words the corpus knows
-            # ("支援期間は？") is about the programme under discussion.
-            known = ranking.features[1] >= 0.5
-            if not leaves and (not abstained or known):
+            # Leave the programme under discussion only for a question that, read alone, is
+            # confidently about another one and does not point back (その制度, それ).
+            leaves = (confidence >= s.switch_confidence and order[0] != ctx
+                      and ranking.fused[order[0]] - ranking.fused[ctx] > s.switch_margin * ranking.fused[order[0]]
+                      and not text.refers_back(clean))
+            # Out of scope alone, but in words the corpus knows ("支援期間は？"): a follow-up.
+            if not leaves and (not abstained or ranking.features[2] > 0 or text.refers_back(clean)):
                 order = [ctx] + [i for i in order if i != ctx]
                 abstained, stayed = False, context
         if audience:
@@ -180,7 +190,7 @@ class Searcher:
         else:
             fused_p = self._fuse(dense_p, lexical_p)
         fused, best = _per_programme(fused_p, self.owner, len(self.keys), floor=-np.inf, argmax=True)
-        return Ranking(self.keys, fused, dense, lexical, best, self._features(dense, lexical, terms))
+        return Ranking(self.keys, fused, dense, lexical, best, self._features(clean, dense, lexical_p, terms))
 
     # -- parts ------------------------------------------------------------------------------
     def _dense(self, clean: str) -> np.ndarray:
@@ -203,15 +213,29 @@ class Searcher:
             return _rrf(dense, s.rrf_k) + (_rrf(lexical, s.rrf_k) if lexical.max() > 0 else 0.0)
         return s.dense_weight * _minmax(dense) + (1 - s.dense_weight) * _minmax(lexical)
 
-    def _features(self, dense: np.ndarray, lexical: np.ndarray, terms: list[str]) -> np.ndarray:
-        """Abstention features: dense peak above the field, vocabulary coverage, BM25 evidence."""
+    def _features(self, clean: str, dense: np.ndarray, lexical_p: np.ndarray, terms: list[str]) -> np.ndarray:
+        """Abstention features, each a way of asking "does some programme really answer this?".
+
+        0 the best dense cosine; 1 how far it stands above the field (z-score over programmes);
+        2 the share of the question's information (IDF-weighted terms) that the best BM25
+        passage contains, terms unknown to the corpus weighing the most; 3 log(1 + BM25 max);
+        4 the share of Latin letters in the question. The corpus is Japanese, so lexical
+        evidence means nothing for an English question: 2 and 3 are scaled by (1 - 4).
+        """
         ranked = np.sort(dense)[::-1]
-        peak = (ranked[0] - ranked.mean()) / (ranked.std() + 1e-6)  # one programme stands out
-        gap = ranked[0] - ranked[min(4, len(ranked) - 1)]  # ahead of the fifth
-        content = [t for t in terms if not t.isdigit()]
-        coverage = (sum(t in self.vocab for t in content) / len(content)) if content else 0.0
-        lexical_evidence = math.log1p(float(lexical.max()))
-        return np.array([peak, coverage, lexical_evidence, gap * 10], dtype=np.float64)
+        peak = (ranked[0] - ranked.mean()) / (ranked.std() + 1e-6)
+        content = list(dict.fromkeys(t for t in terms if not t.isdigit()))
+        covered = 0.0
+        if content and lexical_p.max() > 0:
+            best = int(np.argmax(lexical_p))
+            weights = np.array([self.idf.get(t, self.idf_unknown) for t in content])
+            inside = np.array([t in self.passage_terms[best] for t in content])
+            covered = float(weights[inside].sum() / weights.sum())
+        letters = [c for c in clean if c.isalpha()]
+        latin = sum(c.isascii() for c in letters) / len(letters) if letters else 0.0
+        japanese = 1.0 - latin
+        return np.array([ranked[0], peak, covered * japanese, math.log1p(float(lexical_p.max())) * japanese,
+                         latin], dtype=np.float64)
 
     def _audience(self, key: str) -> list[str]:
         return self.index.manifest.get("audience", {}).get(key, [])

@@ -98,6 +98,20 @@ def tokens(text: str) -> list[str]:
     return terms
 
 
+def refers_back(text: str) -> bool:
+    """Does the question point back at what was said (その制度, それ, そこ, この)?
+
+    Read from MeCab's parts of speech: demonstrative adnominals (連体詞 この・その・あの) and
+    pronouns (代名詞 それ・そこ・これ); question words (どこ, 何) are pronouns too but ask, not point.
+    """
+    for word in words(text):
+        if word.pos1 == "連体詞" and word.surface[:1] in "こそあ":
+            return True
+        if word.pos1 == "代名詞" and word.surface[:1] in "こそあ":
+            return True
+    return False
+
+
 def sentences(text: str) -> list[str]:
     """Split body text into sentences at 。！？ and at line ends (list items are sentences)."""
     out = []

@@ -58,7 +58,8 @@ def test_breadcrumb_urls_and_subitems(programmes):
     assert sub[0].urls == ("https://www.jpo.go.jp/support/chusho/shien_kaignaingai.html",)
     first = ps[0]
     assert (first.key, first.urls) == ("1.(1)", ("https://ipbase.go.jp/ipas/",))
-    assert first.indexed.startswith(first.breadcrumb + "\n" + first.text)
+    assert first.embedded == first.breadcrumb + "\n" + first.text
+    assert first.indexed.startswith(first.embedded)
     assert first.indexed.endswith("IPAS")  # the link title
 
 

@@ -1,0 +1,132 @@
+"""Calibration: choose the search settings from the tuning queries, never the test ones.
+
+`python -m chatbot calibrate` runs this on the queries whose split is "tune" and writes the
+result to chatbot/calibration.json under the model's id, with the figures that justified it:
+
+1. fusion: reciprocal rank fusion against min-max score fusion, over a small grid, by hit@1
+   then MRR on the in-scope questions asked alone;
+2. abstention: a logistic model over Searcher._features, fitted on in-scope vs out-of-scope
+   questions; the threshold is the cut of least cost, a false abstention costing
+   FALSE_ABSTENTION_COST off-topic answers;
+3. follow-ups: the margin by which another programme must beat the context one;
+4. ambiguity: the margin under which the first two programmes count as close.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+
+from chatbot import evaluation
+from chatbot.search import CALIBRATION, Searcher, Settings
+
+FUSIONS = [{"fusion": "rrf", "rrf_k": k} for k in (5, 10, 20, 30, 60)] + [
+    {"fusion": "score", "dense_weight": w} for w in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)]
+FALSE_ABSTENTION_COST = 4  # a visitor sent away with nothing weighs as 4 off-topic answers
+SWITCH_MARGINS = (0.0, 0.1, 0.2, 0.3)
+SWITCH_CONFIDENCES = (0.3, 0.5, 0.7, 0.8, 0.9)
+AMBIGUITY_MARGINS = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15)
+
+
+def calibrate(searcher: Searcher, queries: list[evaluation.Query], log=print) -> dict:
+    alone = [q for q in queries if not q.context]
+    inside = [q for q in alone if q.in_scope]
+    followups = [q for q in queries if q.context]
+    report: dict = {}
+
+    # 1. fusion, judged without abstention (threshold 0 answers everything)
+    scored = []
+    for option in FUSIONS:
+        searcher.settings = replace(Settings(), **option, abstain_threshold=0.0)
+        m = evaluation.metrics(evaluation.run(searcher, inside))
+        scored.append((m["hit@1"], m["mrr@10"], option))
+        log(f"fusion {option}: hit@1 {m['hit@1']} mrr@10 {m['mrr@10']}")
+    best = max(scored, key=lambda s: (s[0], s[1]))
+    report["fusion"] = [{"option": o, "hit@1": h, "mrr@10": r} for h, r, o in scored]
+    settings = replace(Settings(), **best[2])
+
+    # 2. abstention model
+    searcher.settings = settings
+    x = np.array([searcher.rank(_clean(q.query)).features for q in alone])
+    y = np.array([1.0 if q.in_scope else 0.0 for q in alone])
+    weights, bias = _logistic(x, y)
+    p = 1 / (1 + np.exp(-(x @ weights + bias)))
+    threshold = _threshold(p[y == 1], p[y == 0])
+    settings = replace(settings, abstain_weights=tuple(float(w) for w in weights), abstain_bias=float(bias),
+                       abstain_threshold=threshold)
+    report["abstention"] = {
+        "features": ["dense top cosine", "dense peak (z)", "IDF share covered by best BM25 passage",
+                     "log1p BM25 max", "Latin share"],
+        "in_scope_min": float(p[y == 1].min()), "out_of_scope_max": float(p[y == 0].max()),
+        "out_of_scope_caught": int((p[y == 0] < threshold).sum()), "out_of_scope": int((y == 0).sum()),
+    }
+    log(f"abstention: weights {np.round(weights, 3)} bias {bias:.3f} threshold {threshold:.3f}; "
+        f"in-scope min p {p[y == 1].min():.3f}, out-of-scope p {np.round(np.sort(p[y == 0]), 3)}")
+
+    # 3. follow-ups: how sure and how far ahead a question must be to leave the context
+    if followups:
+        rows = []
+        for confidence in SWITCH_CONFIDENCES:
+            for margin in SWITCH_MARGINS:
+                searcher.settings = replace(settings, switch_confidence=confidence, switch_margin=margin)
+                m = evaluation.metrics(evaluation.run(searcher, followups))
+                rows.append((m["hit@1"], -confidence, -margin, confidence, margin))
+                log(f"switch confidence {confidence} margin {margin}: follow-up hit@1 {m['hit@1']}")
+        best_row = max(rows)
+        settings = replace(settings, switch_confidence=best_row[3], switch_margin=best_row[4])
+        report["switch"] = [{"confidence": r[3], "margin": r[4], "hit@1": r[0]} for r in rows]
+
+    # 4. ambiguity: the widest margin that flags no more right answers than wrong ones
+    searcher.settings = settings
+    chosen = 0.0
+    for margin in AMBIGUITY_MARGINS:
+        searcher.settings = replace(settings, ambiguity_margin=margin)
+        outcomes = evaluation.run(searcher, inside)
+        flagged = [o for o in outcomes if o.ambiguous]
+        wrong = sum(o.ranked[:1] != [] and o.ranked[0] not in o.query.relevant for o in flagged)
+        log(f"ambiguity margin {margin}: flags {len(flagged)}, of which wrong at rank 1 {wrong}")
+        if len(flagged) - wrong <= wrong:
+            chosen = margin
+    settings = replace(settings, ambiguity_margin=chosen)
+    searcher.settings = settings
+    return {"settings": asdict(settings), "report": report}
+
+
+def save(model_id: str, result: dict, queries_file: str) -> None:
+    saved = json.loads(CALIBRATION.read_text(encoding="utf-8")) if CALIBRATION.exists() else {}
+    saved[model_id] = {**result["settings"], "calibrated_at": time.strftime("%Y-%m-%d"),
+                       "tuned_on": f"{queries_file} (split=tune)"}
+    CALIBRATION.write_text(json.dumps(saved, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def _clean(query: str) -> str:
+    from chatbot.text import normalise
+
+    return normalise(query)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 0.01, steps: int = 5000):
+    """Plain logistic regression by gradient descent on standardised features (few, small)."""
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
+    z = (x - mean) / std
+    w, b = np.zeros(z.shape[1]), 0.0
+    balance = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))  # classes weigh the same
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(z @ w + b)))
+        g = (p - y) * balance
+        w -= 0.1 * (z.T @ g / len(y) + l2 * w)
+        b -= 0.1 * g.mean()
+    # back to raw features, so the search needs no scaler
+    return w / std, b - float((w / std) @ mean)
+
+
+def _threshold(inside: np.ndarray, outside: np.ndarray) -> float:
+    """The cut that costs least: FALSE_ABSTENTION_COST per in-scope question abstained, 1 per
+    out-of-scope one answered; placed halfway between neighbouring probabilities."""
+    values = np.unique(np.concatenate([inside, outside, [0.0, 1.0]]))
+    cuts = (values[:-1] + values[1:]) / 2
+    costs = [FALSE_ABSTENTION_COST * (inside < t).sum() + (outside >= t).sum() for t in cuts]
+    return float(cuts[int(np.argmin(costs))])  # the lowest of equal-cost cuts: leans to answering
