@@ -1,7 +1,8 @@
 """Calibration: choose the search settings from the tuning queries, never the test ones.
 
 `python -m chatbot calibrate` runs this on the queries whose split is "tune" and writes the
-result to chatbot/calibration.json under the model's id, with the figures that justified it:
+result to chatbot/calibration/<model>.json (settings and the figures that justified them) and
+<model>.npz (the tuning questions' vectors and labels, for the abstention's kNN feature):
 
 1. fusion: reciprocal rank fusion against min-max score fusion, over a small grid, by hit@1
    then MRR on the in-scope questions asked alone;
@@ -17,15 +18,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 
 from chatbot import evaluation
-from chatbot.search import CALIBRATION, Searcher, Settings
+from chatbot.search import Examples, Searcher, Settings, calibration_files
 
 FUSIONS = [{"fusion": "rrf", "rrf_k": k} for k in (5, 10, 20, 30, 60)] + [
-    {"fusion": "score", "dense_weight": w} for w in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)]
-FALSE_ABSTENTION_COST = 4  # a visitor sent away with nothing weighs as 4 off-topic answers
+    {"fusion": "score", "dense_weight": w} for w in (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)]
+FALSE_ABSTENTION_COST = 3  # a visitor sent away with nothing weighs as 3 off-topic answers
 SWITCH_MARGINS = (0.0, 0.1, 0.2, 0.3)
 SWITCH_CONFIDENCES = (0.3, 0.5, 0.7, 0.8, 0.9)
 AMBIGUITY_MARGINS = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15)
@@ -48,9 +50,12 @@ def calibrate(searcher: Searcher, queries: list[evaluation.Query], log=print) ->
     report["fusion"] = [{"option": o, "hit@1": h, "mrr@10": r} for h, r, o in scored]
     settings = replace(Settings(), **best[2])
 
-    # 2. abstention model
+    # 2. abstention model. The tuning questions asked alone become the labelled examples of
+    # the kNN feature; each is scored with itself left out, as an unseen question would be.
     searcher.settings = settings
-    x = np.array([searcher.rank(_clean(q.query)).features for q in alone])
+    vectors = searcher.encoder.encode_queries([_clean(q.query) for q in alone]).astype(np.float32)
+    searcher.examples = Examples(vectors, np.array([q.in_scope for q in alone]))
+    x = np.array([searcher.rank(_clean(q.query), exclude=i).features for i, q in enumerate(alone)])
     y = np.array([1.0 if q.in_scope else 0.0 for q in alone])
     weights, bias = _logistic(x, y)
     p = 1 / (1 + np.exp(-(x @ weights + bias)))
@@ -59,7 +64,7 @@ def calibrate(searcher: Searcher, queries: list[evaluation.Query], log=print) ->
                        abstain_threshold=threshold)
     report["abstention"] = {
         "features": ["dense top cosine", "dense peak (z)", "IDF share covered by best BM25 passage",
-                     "log1p BM25 max", "Latin share"],
+                     "log1p BM25 max", "Latin share", "kNN margin: nearest out-of-scope minus in-scope example"],
         "in_scope_min": float(p[y == 1].min()), "out_of_scope_max": float(p[y == 0].max()),
         "out_of_scope_caught": int((p[y == 0] < threshold).sum()), "out_of_scope": int((y == 0).sum()),
     }
@@ -92,14 +97,18 @@ def calibrate(searcher: Searcher, queries: list[evaluation.Query], log=print) ->
             chosen = margin
     settings = replace(settings, ambiguity_margin=chosen)
     searcher.settings = settings
-    return {"settings": asdict(settings), "report": report}
+    return {"settings": asdict(settings), "report": report, "examples": searcher.examples}
 
 
-def save(model_id: str, result: dict, queries_file: str) -> None:
-    saved = json.loads(CALIBRATION.read_text(encoding="utf-8")) if CALIBRATION.exists() else {}
-    saved[model_id] = {**result["settings"], "calibrated_at": time.strftime("%Y-%m-%d"),
-                       "tuned_on": f"{queries_file} (split=tune)"}
-    CALIBRATION.write_text(json.dumps(saved, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+def save(model_id: str, result: dict, queries_file: str) -> tuple[Path, Path]:
+    settings_file, examples_file = calibration_files(model_id)
+    settings_file.parent.mkdir(exist_ok=True)
+    saved = {**result["settings"], "model": model_id, "calibrated_at": time.strftime("%Y-%m-%d"),
+             "tuned_on": f"{queries_file} (split=tune)", "report": result["report"]}
+    settings_file.write_text(json.dumps(saved, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    examples = result["examples"]
+    np.savez_compressed(examples_file, vectors=examples.vectors.astype(np.float16), in_scope=examples.in_scope)
+    return settings_file, examples_file
 
 
 def _clean(query: str) -> str:

@@ -74,6 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="embedding model (must match the index)")
     p.add_argument("--index", type=Path, help="index directory")
     p.set_defaults(func=cmd_ask)
+
+    p = commands.add_parser("eval", help="evaluate on query sets (JSONL) and print the metrics")
+    p.add_argument("--queries", type=Path, action="append", required=True, help="JSONL query file (repeatable)")
+    p.add_argument("--split", choices=["tune", "test"], help="only the queries of this split")
+    p.add_argument("--method", default="hybrid", choices=["hybrid", "dense", "bm25"])
+    p.add_argument("--all-methods", action="store_true", help="hybrid, dense and bm25 side by side")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--failures", action="store_true", help="list the questions missed at rank 1")
+    p.add_argument("--plot", type=Path, help="write PNG plots with this path prefix")
+    p.add_argument("--model", help="embedding model (must match the index)")
+    p.add_argument("--index", type=Path, help="index directory")
+    p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("calibrate", help="choose fusion, abstention and follow-up settings on the tune split")
+    p.add_argument("--queries", type=Path, default=Path("eval/queries.jsonl"))
+    p.add_argument("--model", help="embedding model (must match the index)")
+    p.add_argument("--index", type=Path, help="index directory")
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 
@@ -180,3 +198,56 @@ def print_answer(out: dict) -> None:
             print(f"     {line}")
         for url in r["urls"]:
             print(f"     {url}")
+
+
+def cmd_eval(args) -> None:
+    from chatbot import evaluation
+
+    searcher = open_searcher(args)
+    queries = evaluation.load_queries(args.queries, split=args.split)
+    methods = ["hybrid", "dense", "bm25"] if args.all_methods else [args.method]
+    results, runs = [], {}
+    for method in methods:
+        runs[method] = evaluation.run(searcher, queries, method)
+        results.append(evaluation.metrics(runs[method], method))
+    if args.plot:
+        from chatbot import plots
+
+        for path in plots.evaluation(results, runs, searcher.settings, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        out = results[0] if len(results) == 1 else results
+        if args.failures:
+            out = {"metrics": out, "failures": {m: evaluation.failures(runs[m]) for m in methods}}
+        print(json.dumps(out, ensure_ascii=False, indent=1))
+        return
+    print_metrics(results)
+    if args.failures:
+        for method in methods:
+            print(f"\nmissed at rank 1 ({method}):")
+            for f in evaluation.failures(runs[method]):
+                context = f" [context {f['context']}]" if f["context"] else ""
+                print(f"  {f['id']}: {f['query']}{context}\n      expected {f['relevant'] or 'abstain'}, got {f['got']}")
+
+
+def print_metrics(results: list[dict]) -> None:
+    names = ["n", "hit@1", "hit@3", "mrr@10", "url@1", "abstain_precision", "abstain_recall",
+             "false_abstain_rate", "latency p50 ms", "latency p95 ms"]
+    print(f"{'':20}" + "".join(f"{m['method']:>10}" for m in results))
+    for name in names:
+        cells = []
+        for m in results:
+            value = m["latency_ms"][name.split()[1]] if name.startswith("latency") else m[name]
+            cells.append(f"{'-' if value is None else value:>10}")
+        print(f"{name:20}" + "".join(cells))
+
+
+def cmd_calibrate(args) -> None:
+    from chatbot import calibrate, evaluation
+
+    searcher = open_searcher(args)
+    queries = evaluation.load_queries([args.queries], split="tune")
+    result = calibrate.calibrate(searcher, queries, log=lambda line: print(line, file=sys.stderr))
+    for path in calibrate.save(searcher.index.model_id, result, str(args.queries)):
+        print(f"wrote {path}", file=sys.stderr)
+    print(json.dumps(result["settings"], ensure_ascii=False, indent=1))

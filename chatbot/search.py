@@ -27,7 +27,12 @@ from chatbot.errors import QueryError
 
 MAX_QUERY_CHARS = 1000
 METHODS = ("hybrid", "dense", "bm25")
-CALIBRATION = Path(__file__).with_name("calibration.json")
+CALIBRATION = Path(__file__).with_name("calibration")  # <model slug>.json and .npz per model
+
+
+def calibration_files(model_id: str) -> tuple[Path, Path]:
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
+    return CALIBRATION / f"{slug}.json", CALIBRATION / f"{slug}.npz"
 
 
 @dataclass
@@ -37,7 +42,7 @@ class Settings:
     fusion: str = "rrf"  # "rrf" or "score" (min-max normalised, weighted)
     rrf_k: float = 60.0
     dense_weight: float = 0.5  # for fusion="score"
-    abstain_weights: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)  # see Searcher._features
+    abstain_weights: tuple[float, ...] = (0.0,) * 6  # see Searcher._features
     abstain_bias: float = 1.0
     abstain_threshold: float = 0.5
     ambiguity_margin: float = 0.1  # relative gap of the fused scores of the first two
@@ -45,15 +50,38 @@ class Settings:
     switch_confidence: float = 0.5  # how sure, read alone, a question must be to leave the context
 
     @classmethod
-    def for_model(cls, model_id: str, path: Path = CALIBRATION) -> "Settings":
+    def for_model(cls, model_id: str) -> "Settings":
+        path = calibration_files(model_id)[0]
         if not path.exists():
             return cls()
-        saved = json.loads(path.read_text(encoding="utf-8")).get(model_id)
-        if saved is None:
-            return cls()
+        saved = json.loads(path.read_text(encoding="utf-8"))
         known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()
                  if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+@dataclass
+class Examples:
+    """Labelled tuning questions (vectors of the model in use) for the abstention's kNN margin."""
+
+    vectors: np.ndarray  # (n, dim), L2-normalised
+    in_scope: np.ndarray  # (n,) bool
+
+    @classmethod
+    def for_model(cls, model_id: str) -> "Examples | None":
+        path = calibration_files(model_id)[1]
+        if not path.exists():
+            return None
+        with np.load(path) as saved:
+            return cls(saved["vectors"].astype(np.float32), saved["in_scope"].astype(bool))
+
+    def margin(self, vector: np.ndarray, exclude: int | None = None) -> float:
+        """Nearest out-of-scope example's cosine minus nearest in-scope example's."""
+        sims = self.vectors @ vector
+        if exclude is not None:
+            sims = sims.copy()
+            sims[exclude] = -np.inf  # leave one out while calibrating
+        return float(sims[~self.in_scope].max() - sims[self.in_scope].max())
 
 
 @dataclass
@@ -122,6 +150,7 @@ class Searcher:
         self.owner = np.array([self.slot[p.key] for p in items])
         self.vocab = index.bm25.vocab_dict
         self.aliases = aliases.learn(items)
+        self.examples = Examples.for_model(index.model_id)
         self._all = len(items)
         # Per-term IDF and each passage's term set, for the abstention's coverage feature.
         self.passage_terms = [set(text.tokens(p.indexed)) for p in items]
@@ -161,8 +190,12 @@ class Searcher:
             leaves = (confidence >= s.switch_confidence and order[0] != ctx
                       and ranking.fused[order[0]] - ranking.fused[ctx] > s.switch_margin * ranking.fused[order[0]]
                       and not text.refers_back(clean))
-            # Out of scope alone, but in words the corpus knows ("支援期間は？"): a follow-up.
-            if not leaves and (not abstained or ranking.features[2] > 0 or text.refers_back(clean)):
+            # A question that reads as out of scope alone ("支援期間は？", "どれくらい安くなるの？")
+            # is a follow-up, unless it sits nearer the off-topic examples and shares no term
+            # with any passage ("今日の天気は？").
+            off_topic = (abstained and ranking.features[5] > 0 and ranking.features[2] == 0
+                         and not text.refers_back(clean))
+            if not leaves and not off_topic:
                 order = [ctx] + [i for i in order if i != ctx]
                 abstained, stayed = False, context
         if audience:
@@ -175,12 +208,12 @@ class Searcher:
         return Answer(query, abstained, ambiguous, results, context=stayed, confidence=confidence,
                       elapsed_ms=(time.perf_counter() - started) * 1000)
 
-    def rank(self, clean: str, method: str = "hybrid") -> Ranking:
-        """Score every programme for a normalised question."""
+    def rank(self, clean: str, method: str = "hybrid", exclude: int | None = None) -> Ranking:
+        """Score every programme for a normalised question (`exclude`: an example to leave out)."""
         expanded = aliases.expand(clean, self.aliases)
         terms = text.tokens(expanded)
         lexical_p = self._bm25(terms)
-        dense_p = self._dense(expanded)
+        dense_p, vector = self._dense(expanded)
         dense = _per_programme(dense_p, self.owner, len(self.keys), floor=-1.0)
         lexical = _per_programme(lexical_p, self.owner, len(self.keys), floor=0.0)
         if method == "dense":
@@ -190,16 +223,18 @@ class Searcher:
         else:
             fused_p = self._fuse(dense_p, lexical_p)
         fused, best = _per_programme(fused_p, self.owner, len(self.keys), floor=-np.inf, argmax=True)
-        return Ranking(self.keys, fused, dense, lexical, best, self._features(clean, dense, lexical_p, terms))
+        return Ranking(self.keys, fused, dense, lexical, best, self._features(clean, dense, lexical_p, terms, vector, exclude))
 
     # -- parts ------------------------------------------------------------------------------
-    def _dense(self, clean: str) -> np.ndarray:
+    def _dense(self, clean: str) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine of the question with every passage, and the question's vector."""
         q = self.encoder.encode_queries([clean]).astype(np.float32)
         scores, ids = self.index.dense.search(q, self._all)
         out = np.full(self._all, -1.0, dtype=np.float32)
         valid = ids[0] >= 0
         out[ids[0][valid]] = scores[0][valid]
-        return out
+        return out, q[0]
+
 
     def _bm25(self, terms: list[str]) -> np.ndarray:
         known = [t for t in terms if t in self.vocab]
@@ -213,7 +248,8 @@ class Searcher:
             return _rrf(dense, s.rrf_k) + (_rrf(lexical, s.rrf_k) if lexical.max() > 0 else 0.0)
         return s.dense_weight * _minmax(dense) + (1 - s.dense_weight) * _minmax(lexical)
 
-    def _features(self, clean: str, dense: np.ndarray, lexical_p: np.ndarray, terms: list[str]) -> np.ndarray:
+    def _features(self, clean: str, dense: np.ndarray, lexical_p: np.ndarray, terms: list[str],
+                  vector: np.ndarray, exclude: int | None) -> np.ndarray:
         """Abstention features, each a way of asking "does some programme really answer this?".
 
         0 the best dense cosine; 1 how far it stands above the field (z-score over programmes);
@@ -221,6 +257,8 @@ class Searcher:
         passage contains, terms unknown to the corpus weighing the most; 3 log(1 + BM25 max);
         4 the share of Latin letters in the question. The corpus is Japanese, so lexical
         evidence means nothing for an English question: 2 and 3 are scaled by (1 - 4).
+        5 how much nearer the question is to a labelled out-of-scope tuning question than to
+        an in-scope one (0 before calibration has labelled any).
         """
         ranked = np.sort(dense)[::-1]
         peak = (ranked[0] - ranked.mean()) / (ranked.std() + 1e-6)
@@ -234,8 +272,9 @@ class Searcher:
         letters = [c for c in clean if c.isalpha()]
         latin = sum(c.isascii() for c in letters) / len(letters) if letters else 0.0
         japanese = 1.0 - latin
+        knn = self.examples.margin(vector, exclude) if self.examples is not None else 0.0
         return np.array([ranked[0], peak, covered * japanese, math.log1p(float(lexical_p.max())) * japanese,
-                         latin], dtype=np.float64)
+                         latin, knn], dtype=np.float64)
 
     def _audience(self, key: str) -> list[str]:
         return self.index.manifest.get("audience", {}).get(key, [])

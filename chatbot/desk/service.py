@@ -1,0 +1,76 @@
+"""The desk's one way into the engine: search, log, and look programmes up.
+
+The UI and the API endpoint both go through `Desk.ask`, so what the chat shows, what /search
+returns and what gets logged cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from chatbot import search as search_mod
+from chatbot import text
+from chatbot.errors import QueryError
+
+
+class Desk:
+    def __init__(self, searcher, programmes, store):
+        self.searcher = searcher
+        self.store = store
+        self.programmes = {p.key: p for p in programmes}
+        self.sections: dict[str, list] = {}
+        for p in programmes:
+            self.sections.setdefault(p.section_title, []).append(p)
+        # URL → link title, so the chat shows 「J-PlatPat」 rather than a bare address.
+        self.link_titles = {link.url: link.title for p in programmes for link in p.links}
+        # MeCab's tagger is not documented as thread-safe and a search takes milliseconds:
+        # Gradio's worker threads take turns here.
+        self._lock = threading.Lock()
+
+    def ask(self, question: str, *, top_k: int = 5, context: str = "", audience: str = "",
+            channel: str = "visitor", log: bool = True) -> tuple[dict, float]:
+        """(Answer.to_json(), milliseconds). Raises QueryError for a bad context or top_k."""
+        started = time.perf_counter()
+        with self._lock:
+            answer = self.searcher.search(question, top_k=top_k, context=context or None,
+                                          audience=audience or None)
+        out = plain(answer.to_json())
+        elapsed = (time.perf_counter() - started) * 1000
+        if log and not out.get("message"):  # empty or over-long input is not a question to count
+            self.store.log_question(channel, question, out, context=context, audience=audience,
+                                    elapsed_ms=round(elapsed, 1))
+        return out, elapsed
+
+    def api_search(self, question: str, top_k: int = 5, context: str = "") -> dict:
+        """The pinned /search endpoint: exactly `python -m chatbot ask --json`."""
+        try:
+            return self.ask(question, top_k=int(top_k), context=(context or "").strip(), channel="api")[0]
+        except QueryError as e:  # the same shape the CLI prints for a question it cannot search
+            return {"query": question, "abstained": True, "ambiguous": False, "results": [], "error": str(e)}
+
+    def ranking(self, question: str, top_k: int = 10) -> list[dict]:
+        """The first `top_k` programmes by fused score, also when the search abstains (staff view)."""
+        clean = text.normalise(question)
+        if not clean or len(clean) > search_mod.MAX_QUERY_CHARS:
+            return []
+        with self._lock:
+            ranking = self.searcher.rank(clean)
+        rows = []
+        for i in ranking.order[:top_k]:
+            p = self.searcher.index.passages[int(ranking.best[i])]
+            rows.append({"key": p.key, "title": p.title, "breadcrumb": p.breadcrumb, "text": p.text,
+                         "urls": list(p.urls), "score": round(float(ranking.fused[i]), 4)})
+        return rows
+
+
+def plain(value):
+    """JSON-native copy: the engine may hand back numpy scalars (a np.bool_ flag), which Gradio
+    would serialise as the string "False"."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
