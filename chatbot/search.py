@@ -171,6 +171,7 @@ class Searcher:
             raise QueryError(f"unknown programme key {context!r} for --context; see `python -m chatbot list`")
         if not 1 <= top_k <= 50:
             raise QueryError(f"top_k must be between 1 and 50, got {top_k}")
+        query = text.scrub(query)  # echoed back in JSON, so it must encode
         clean = text.normalise(query)
         if not clean:
             return self._empty(query, "質問を入力してください。", started)
@@ -205,7 +206,7 @@ class Searcher:
         ambiguous = (not abstained and not stayed and len(top) > 1
                      and ranking.fused[top[1]] >= (1 - s.ambiguity_margin) * ranking.fused[top[0]])
         results = [] if abstained else [self._result(i, ranking) for i in top]
-        return Answer(query, abstained, ambiguous, results, context=stayed, confidence=confidence,
+        return Answer(query, bool(abstained), bool(ambiguous), results, context=stayed, confidence=confidence,
                       elapsed_ms=(time.perf_counter() - started) * 1000)
 
     def rank(self, clean: str, method: str = "hybrid", exclude: int | None = None) -> Ranking:

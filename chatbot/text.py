@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 # Bumped whenever normalise() or tokens() change: an index built with another version is stale.
-VERSION = "1"
+VERSION = "2"
 
 # Parts of speech that carry no topic: particles, auxiliaries, punctuation, blanks, pronouns
 # (どこ, それ); and light verbs/nouns (ある, する, こと) whose pos2 is 非自立可能.
@@ -21,10 +21,16 @@ _SKIP_POS2 = {"非自立可能"}
 # Parts that join into a compound with their neighbours (中小+企業, 知財+総合+支援+窓口).
 _COMPOUND_POS1 = {"名詞", "接頭辞", "接尾辞"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _WAVES = str.maketrans({"〜": "~", "～": "~", "〰": "~"})
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])")
 _LATIN_RUN = re.compile(r"[a-z0-9]+(?:[-・.&']?[a-z0-9]+)*")
 _LATIN_SEP = re.compile(r"[-・.&']")
+
+
+def scrub(text: str) -> str:
+    """Lone surrogates (from broken input) become U+FFFD: they cannot be encoded as UTF-8."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def normalise(text: str) -> str:
@@ -33,6 +39,7 @@ def normalise(text: str) -> str:
     Kept deliberately small so that what the desk shows (corpus text) and what it matches
     (normalised text) stay recognisably the same.
     """
+    text = scrub(text)
     text = _CONTROL.sub(" ", text)  # invisible and control characters break tokens and layout
     text = unicodedata.normalize("NFKC", text)  # ＩＰＡＳ→IPAS, ｽﾀｰﾄｱｯﾌﾟ→スタートアップ, ①→1
     text = text.translate(_WAVES)  # 〜 and ～ are typed interchangeably
