@@ -31,7 +31,7 @@ NEW_SESSION = {"context": "", "audience": "", "candidates": [], "turns": {}}
 
 CSS = """
 .desk-title { margin: .2em 0 .1em; font-size: 1.1em; font-weight: 700; }
-.desk-crumb { color: var(--body-text-color-subdued); font-size: .85em; margin: 0 0 .4em; }
+.desk-crumb { opacity: .75; font-size: .85em; margin: 0 0 .4em; }
 .desk-passage { margin: .3em 0; padding: .4em .7em; border-left: 3px solid var(--color-accent); }
 .desk-passage mark, .desk-others mark { background: #ffe58a; color: inherit; padding: 0 1px; }
 .desk-src ul, .desk-others ol { margin: .2em 0 .2em 1.2em; padding: 0; }
@@ -69,7 +69,7 @@ def _visitor_tab(desk) -> None:
                                 elem_id="desk-audience")
             chat = gr.Chatbot(label="相談", elem_id="desk-chat", elem_classes="desk-chat", height=520,
                               render_markdown=False, sanitize_html=True, allow_tags=False,
-                              latex_delimiters=[], buttons=[], feedback_options=("Like", "Dislike"),
+                              latex_delimiters=[], buttons=[], feedback_options=("Like", "Dislike"), layout="panel",
                               placeholder="ご質問をどうぞ。例: 「J-PlatPatで特許を検索したい」")
             with gr.Row(elem_id="desk-maybe", visible=False) as maybe_row:
                 gr.Markdown("**もしかして:**")

@@ -1,0 +1,96 @@
+"""The desk: `python app.py [--host 127.0.0.1] [--port 7860] [--data-dir DIR]`.
+
+Loads the index (building it first, with progress on the console, when it is missing or stale),
+then serves the visitor chat, the staff tab and the /search API. The start path stays lean:
+the ONNX encoder needs neither torch nor sentence-transformers; only a build imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# Before gradio is imported: it reads this once.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+CONCURRENCY = 4  # events of one kind running at once; searches themselves take turns (service.Desk)
+QUEUE_SIZE = 64  # waiting events beyond this are refused rather than piling up
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python app.py", description="madoguchi 相談窓口 (the desk)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--data-dir", type=Path, help="feedback log directory (default: $MADOGUCHI_DATA or ./data)")
+    return parser.parse_args(argv)
+
+
+def open_searcher():
+    """The search engine over the current index; builds the index first if it must."""
+    from chatbot import config, embed, index, search
+    from chatbot.errors import IndexStateError
+
+    encoder = embed.load_encoder(config.model_name())
+    try:
+        built = index.load(config.index_dir(), corpus_dir=config.corpus_dir(), model_id=encoder.model_id)
+    except IndexStateError as e:
+        print(f"madoguchi: {e}\nmadoguchi: building the index in {config.index_dir()} (about half a minute)…",
+              file=sys.stderr, flush=True)
+        builder = embed.load_encoder(config.model_name(), runtime="sentence-transformers")
+        index.build(config.corpus_dir(), config.index_dir(), builder, progress=True)
+        built = index.load(config.index_dir(), corpus_dir=config.corpus_dir(), model_id=encoder.model_id)
+    return search.Searcher(built, encoder)
+
+
+def create_app(data_dir: Path | None = None):
+    """(gradio Blocks, Desk): everything but the server."""
+    from chatbot import config, corpus
+    from chatbot.desk import service, store, ui
+
+    searcher = open_searcher()
+    desk = service.Desk(searcher, corpus.load(config.corpus_dir()),
+                        store.SQLiteStore(data_dir or config.data_dir()))
+    return ui.build(desk), desk
+
+
+def main(argv=None) -> None:
+    from chatbot.errors import MadoguchiError
+
+    started = time.perf_counter()
+    args = parse_args(argv)
+    if args.host not in LOCAL_HOSTS:
+        print(f"madoguchi: WARNING: listening on {args.host}: anyone who can reach this machine can use the desk "
+              "and its staff tab (there is no login). Use the default 127.0.0.1 unless that is intended.",
+              file=sys.stderr, flush=True)
+    try:
+        app, desk = create_app(args.data_dir)
+    except MadoguchiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    app.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True,
+               share=False, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
+               run_history=False, footer_links=["api"], show_error=False,
+               theme="default", css=_css())
+    print(f"madoguchi: ready at http://{args.host}:{args.port} in {time.perf_counter() - started:.1f} s "
+          f"(log: {desk.store.path})", flush=True)
+    try:
+        app.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.close()
+
+
+def _css() -> str:
+    from chatbot.desk.ui import CSS
+
+    return CSS
+
+
+if __name__ == "__main__":
+    main()
