@@ -5,7 +5,7 @@ machine is noisy. Needs a built index (python -m chatbot build) unless --index-d
 
     python bench/search.py                 # ~1 minute
     python bench/search.py --cold-build    # also a build with an empty model cache (~1 minute more)
-    python bench/search.py --json out.json
+    python bench/search.py --json out.json    (default: bench/results/search.json)
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="passes over the eval questions")
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--cold-build", action="store_true", help="also build with an empty model cache")
-    parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "search.json",
+                        help="write the figures here too (default: bench/results/search.json)")
     args = parser.parse_args()
 
     figures = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
@@ -107,8 +108,8 @@ def main() -> None:
     print(f"max RSS of the benchmark process: {s['rss_mb_after']} MB")
     text = json.dumps(figures, ensure_ascii=False, indent=1)
     print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=Path, help="index directory")
     p.set_defaults(func=cmd_eval)
 
+    p = commands.add_parser("report", help="generate eval/REPORT.md (tables, plots, benchmark figures)")
+    p.add_argument("--model", help="embedding model (must match the index)")
+    p.add_argument("--index", type=Path, help="index directory")
+    p.set_defaults(func=cmd_report)
+
     p = commands.add_parser("calibrate", help="choose fusion, abstention and follow-up settings on the tune split")
     p.add_argument("--queries", type=Path, default=Path("eval/queries.jsonl"))
     p.add_argument("--model", help="embedding model (must match the index)")
@@ -251,3 +256,9 @@ def cmd_calibrate(args) -> None:
     for path in calibrate.save(searcher.index.model_id, result, str(args.queries)):
         print(f"wrote {path}", file=sys.stderr)
     print(json.dumps(result["settings"], ensure_ascii=False, indent=1))
+
+
+def cmd_report(args) -> None:
+    from chatbot import report
+
+    print(f"wrote {report.generate(open_searcher(args))}", file=sys.stderr)
