@@ -20,7 +20,10 @@ EPILOG = """examples:
   python -m chatbot ask "起業したばかりで知財の専門家に相談したい" --json
   python -m chatbot ask "支援期間は？" --context 1.(1)
   printf '質問1\\n質問2\\n' | python -m chatbot ask
-  python -m chatbot eval --queries eval/queries.jsonl --all-methods
+  python -m chatbot eval --queries eval/queries.jsonl --split test --all-methods --plot eval/plots/test
+  python -m chatbot calibrate          # choose search settings on the tune split
+  python -m chatbot report             # write eval/REPORT.md
+  python -m chatbot bench --only search
 
 environment: MADOGUCHI_CORPUS, MADOGUCHI_INDEX, MADOGUCHI_DATA, MADOGUCHI_CACHE, MADOGUCHI_MODEL
 move the corpus, index, desk data, model cache and choose the embedding model."""
@@ -91,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="embedding model (must match the index)")
     p.add_argument("--index", type=Path, help="index directory")
     p.set_defaults(func=cmd_report)
+
+    p = commands.add_parser("bench", help="run the benchmarks in bench/ and print their figures")
+    p.add_argument("--only", default="search,http,faiss", help="which: search,http,faiss (default: all)")
+    p.add_argument("--full", action="store_true", help="FAISS up to 1M vectors (default: 10k and 100k)")
+    p.add_argument("--json", action="store_true", help="print the combined JSON only")
+    p.set_defaults(func=cmd_bench)
 
     p = commands.add_parser("calibrate", help="choose fusion, abstention and follow-up settings on the tune split")
     p.add_argument("--queries", type=Path, default=Path("eval/queries.jsonl"))
@@ -262,3 +271,35 @@ def cmd_report(args) -> None:
     from chatbot import report
 
     print(f"wrote {report.generate(open_searcher(args))}", file=sys.stderr)
+
+
+BENCHES = {  # name → (script, its result file in bench/results/, arguments)
+    "search": ("bench/search.py", "search.json", []),
+    "http": ("bench/http_load.py", "http_load.json", []),
+    "faiss": ("bench/faiss_scale.py", "faiss_scale.json", ["--quick"]),
+}
+
+
+def cmd_bench(args) -> None:
+    """Each benchmark runs in its own process, so no figure pays for another's imports."""
+    import subprocess
+
+    from chatbot.errors import MadoguchiError
+
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in BENCHES]
+    if unknown:
+        raise MadoguchiError(f"unknown benchmark {unknown}; choose from {', '.join(BENCHES)}")
+    combined = {}
+    for name in chosen:
+        script, filename, extra = BENCHES[name]
+        if name == "faiss" and args.full:
+            extra = []
+        result = config.REPO / "bench" / "results" / filename
+        print(f"running {script} {' '.join(extra)}…", file=sys.stderr)
+        done = subprocess.run([sys.executable, str(config.REPO / script), *extra, "--json", str(result)],
+                              cwd=config.REPO, stdout=sys.stderr if args.json else None)
+        if done.returncode != 0:
+            raise MadoguchiError(f"{script} failed (exit {done.returncode})")
+        combined[name] = json.loads(result.read_text(encoding="utf-8"))
+    print(json.dumps(combined, ensure_ascii=False, indent=1))
