@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from chatbot import evaluation
+from chatbot.text import normalise
 from chatbot.search import Examples, Searcher, Settings, calibration_files
 
 FUSIONS = [{"fusion": "rrf", "rrf_k": k} for k in (5, 10, 20, 30, 60)] + [
@@ -53,9 +54,9 @@ def calibrate(searcher: Searcher, queries: list[evaluation.Query], log=print) ->
     # 2. abstention model. The tuning questions asked alone become the labelled examples of
     # the kNN feature; each is scored with itself left out, as an unseen question would be.
     searcher.settings = settings
-    vectors = searcher.encoder.encode_queries([_clean(q.query) for q in alone]).astype(np.float32)
+    vectors = searcher.encoder.encode_queries([normalise(q.query) for q in alone]).astype(np.float32)
     searcher.examples = Examples(vectors, np.array([q.in_scope for q in alone]))
-    x = np.array([searcher.rank(_clean(q.query), exclude=i).features for i, q in enumerate(alone)])
+    x = np.array([searcher.rank(normalise(q.query), exclude=i).features for i, q in enumerate(alone)])
     y = np.array([1.0 if q.in_scope else 0.0 for q in alone])
     weights, bias = _logistic(x, y)
     p = 1 / (1 + np.exp(-(x @ weights + bias)))
@@ -109,12 +110,6 @@ def save(model_id: str, result: dict, queries_file: str) -> tuple[Path, Path]:
     examples = result["examples"]
     np.savez_compressed(examples_file, vectors=examples.vectors.astype(np.float16), in_scope=examples.in_scope)
     return settings_file, examples_file
-
-
-def _clean(query: str) -> str:
-    from chatbot.text import normalise
-
-    return normalise(query)
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 0.01, steps: int = 5000):
