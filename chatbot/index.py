@@ -32,9 +32,13 @@ from chatbot import __version__, corpus, passages, text
 from chatbot.errors import IndexStateError
 
 FORMAT = 1
-# Above this many passages an approximate FAISS index (HNSW) replaces the flat one. Flat search
-# is exact and stays under a few ms up to here; see bench/faiss_scale.py for the measurements.
+# Above this many passages an approximate FAISS index (HNSW) replaces the flat one. Measured by
+# bench/faiss_scale.py (384-d, this 2-core machine, 2026-11-25): flat p95 per single query with
+# one FAISS thread 2.8 ms at 50k, 6.2 ms at 100k (with two threads 7.6 / 15 ms, and far worse
+# under load: threads wait on each other); HNSW (M 32, efSearch 128) 0.27 ms at 100k, 0.61 ms at
+# 1M, recall@10 0.993-0.999. So: one thread for queries, and flat up to 100k.
 APPROX_ABOVE = 100_000
+QUERY_THREADS = 1
 HNSW_M, HNSW_EF_SEARCH, HNSW_EF_CONSTRUCTION = 32, 128, 80
 BM25_PARAMS = {"method": "lucene", "k1": 1.2, "b": 0.75}
 LIBRARIES = ["faiss-cpu", "bm25s", "fugashi", "unidic-lite", "numpy", "sentence-transformers",
@@ -125,7 +129,10 @@ def build(corpus_dir: Path, index_root: Path, encoder, *, max_chars: int = passa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    previous = current(index_root)
+    try:
+        previous = current(index_root)
+    except (OSError, ValueError):  # Issue 8: a damaged CURRENT (binary) is what this build replaces
+        previous = None
     _switch(index_root, final.name)
     _clean(index_root, keep={final.name, previous.name if previous else ""})
     return load(index_root, corpus_dir=corpus_dir, model_id=encoder.model_id)
@@ -136,35 +143,47 @@ def load(index_root: Path, *, corpus_dir: Path | None = None, model_id: str | No
     import bm25s
     import faiss
 
-    root = current(index_root)
     rebuild = "run `python -m chatbot build`"
+    try:  # Issue 8: a CURRENT that is binary or a directory raised UnicodeDecodeError/IsADirectoryError
+        root = current(index_root)
+    except (OSError, ValueError) as e:
+        raise IndexStateError(f"{Path(index_root) / 'CURRENT'} is damaged ({type(e).__name__}: {e}); {rebuild}") from e
     if root is None:
         raise IndexStateError(f"no index in {index_root}; {rebuild}")
+    if not root.is_dir():  # Issue 8: say so plainly rather than "damaged (FileNotFoundError …)"
+        raise IndexStateError(f"{Path(index_root) / 'CURRENT'} names the build {root.name!r}, which is not in "
+                              f"{index_root}; {rebuild}")
     try:
         manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        # Issue 8: a manifest without these objects ({} or []) raised KeyError/AttributeError below.
+        if not isinstance(manifest, dict) or not all(isinstance(manifest.get(k), dict)
+                                                     for k in ("corpus", "model", "text")):
+            raise ValueError("manifest.json lacks its corpus, model or text entries")
         items = [passages.Passage(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(line).items()})
                  for line in (root / "passages.jsonl").read_text(encoding="utf-8").splitlines()]
         dense = faiss.read_index(str(root / "dense.faiss"))
         bm25 = bm25s.BM25.load(str(root / "bm25"), show_progress=False)
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+    # AttributeError (Issue 8): a passages.jsonl line that is JSON but not an object ([] or null).
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, AttributeError) as e:
         raise IndexStateError(f"the index in {root} is damaged ({type(e).__name__}: {e}); {rebuild}") from e
     problems = []
     if manifest.get("format") != FORMAT:
         problems.append(f"format {manifest.get('format')} (this version reads {FORMAT})")
     if manifest.get("text", {}).get("version") != text.VERSION:
         problems.append("text processing changed since the build")
-    if corpus_dir is not None and manifest["corpus"]["sha256"] != corpus.digest(corpus_dir):
+    if corpus_dir is not None and manifest["corpus"].get("sha256") != corpus.digest(corpus_dir):
         problems.append(f"the corpus in {corpus_dir} changed since the build")
-    if model_id is not None and manifest["model"]["id"] != model_id:
-        problems.append(f"built with model {manifest['model']['id']!r}, not {model_id!r}")
+    if model_id is not None and manifest["model"].get("id") != model_id:
+        problems.append(f"built with model {manifest['model'].get('id')!r}, not {model_id!r}")
     n = manifest.get("corpus", {}).get("passages")
-    if not (n == len(items) == dense.ntotal == bm25.scores["num_docs"]):
+    if not (n == len(items) == dense.ntotal == bm25.scores.get("num_docs")):
         problems.append(f"passage counts disagree (manifest {n}, passages {len(items)}, "
-                        f"faiss {dense.ntotal}, bm25 {bm25.scores['num_docs']})")
+                        f"faiss {dense.ntotal}, bm25 {bm25.scores.get('num_docs')})")
     if problems:
         raise IndexStateError(f"the index in {root} is stale: {'; '.join(problems)}; {rebuild}")
     if hasattr(dense, "hnsw"):
         dense.hnsw.efSearch = manifest["dense"].get("ef_search", HNSW_EF_SEARCH)
+    faiss.omp_set_num_threads(QUERY_THREADS)  # one question at a time: threads only wait
     return Index(root, manifest, items, dense, bm25)
 
 

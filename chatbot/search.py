@@ -222,7 +222,7 @@ class Searcher:
         elif method == "bm25":
             fused_p = lexical_p + 1e-6 * dense_p  # dense only breaks BM25's ties (e.g. all zero)
         else:
-            fused_p = self._fuse(dense_p, lexical_p)
+            fused_p = self._fuse(dense_p, lexical_p, 1.0 - latin_share(clean))
         fused, best = _per_programme(fused_p, self.owner, len(self.keys), floor=-np.inf, argmax=True)
         return Ranking(self.keys, fused, dense, lexical, best, self._features(clean, dense, lexical_p, terms, vector, exclude))
 
@@ -243,11 +243,15 @@ class Searcher:
             return np.zeros(self._all, dtype=np.float32)
         return np.asarray(self.index.bm25.get_scores(known), dtype=np.float32)
 
-    def _fuse(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
+    def _fuse(self, dense: np.ndarray, lexical: np.ndarray, japanese: float) -> np.ndarray:
+        """Fused passage scores. BM25 over a Japanese corpus says little about an English
+        question (its few Latin matches are noise once min-max scaled), so the lexical weight
+        shrinks with the share of Latin letters in the question."""
         s = self.settings
         if s.fusion == "rrf":
-            return _rrf(dense, s.rrf_k) + (_rrf(lexical, s.rrf_k) if lexical.max() > 0 else 0.0)
-        return s.dense_weight * _minmax(dense) + (1 - s.dense_weight) * _minmax(lexical)
+            return _rrf(dense, s.rrf_k) + (japanese * _rrf(lexical, s.rrf_k) if lexical.max() > 0 else 0.0)
+        lexical_weight = (1 - s.dense_weight) * japanese
+        return (1 - lexical_weight) * _minmax(dense) + lexical_weight * _minmax(lexical)
 
     def _features(self, clean: str, dense: np.ndarray, lexical_p: np.ndarray, terms: list[str],
                   vector: np.ndarray, exclude: int | None) -> np.ndarray:
@@ -270,8 +274,7 @@ class Searcher:
             weights = np.array([self.idf.get(t, self.idf_unknown) for t in content])
             inside = np.array([t in self.passage_terms[best] for t in content])
             covered = float(weights[inside].sum() / weights.sum())
-        letters = [c for c in clean if c.isalpha()]
-        latin = sum(c.isascii() for c in letters) / len(letters) if letters else 0.0
+        latin = latin_share(clean)
         japanese = 1.0 - latin
         knn = self.examples.margin(vector, exclude) if self.examples is not None else 0.0
         return np.array([ranked[0], peak, covered * japanese, math.log1p(float(lexical_p.max())) * japanese,
@@ -288,6 +291,12 @@ class Searcher:
     def _empty(self, query: str, message: str, started: float) -> Answer:
         return Answer(query, True, False, [], message=message,
                       elapsed_ms=(time.perf_counter() - started) * 1000)
+
+
+def latin_share(clean: str) -> float:
+    """The share of Latin letters among the letters of a question (1.0 for English)."""
+    letters = [c for c in clean if c.isalpha()]
+    return sum(c.isascii() for c in letters) / len(letters) if letters else 0.0
 
 
 def _per_programme(scores: np.ndarray, owner: np.ndarray, n: int, floor: float, argmax: bool = False):
