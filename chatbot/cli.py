@@ -157,11 +157,15 @@ def open_searcher(args):
 
 
 def cmd_ask(args) -> None:
+    from chatbot import text
     from chatbot.errors import QueryError
 
     searcher = open_searcher(args)
 
     def answer(query: str, context: str | None) -> dict:
+        # Issue 8: a lone surrogate ("\ud800" in a --jsonl line, invalid UTF-8 in argv) echoed by the
+        # error answer below made print() raise UnicodeEncodeError: a traceback instead of a line.
+        query = text.scrub(query)
         try:
             return searcher.search(query, top_k=args.top_k, context=context or None,
                                    method=args.method).to_json()

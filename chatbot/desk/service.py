@@ -34,6 +34,9 @@ class Desk:
             channel: str = "visitor", log: bool = True) -> tuple[dict, float]:
         """(Answer.to_json(), milliseconds). Raises QueryError for a bad context or top_k."""
         started = time.perf_counter()
+        # Issue 8: a lone surrogate (JSON "\ud800" sent to the API) cannot be encoded as UTF-8: it
+        # made the log's INSERT and the JSON reply raise, so the caller got no answer at all.
+        question = text.scrub(question or "")
         with self._lock:
             answer = self.searcher.search(question, top_k=top_k, context=context or None,
                                           audience=audience or None)
@@ -46,8 +49,13 @@ class Desk:
 
     def api_search(self, question: str, top_k: int = 5, context: str = "") -> dict:
         """The pinned /search endpoint: exactly `python -m chatbot ask --json`."""
+        question = text.scrub(question or "")  # Issue 8: echoed in the error answer below, must encode
         try:
-            return self.ask(question, top_k=int(top_k), context=(context or "").strip(), channel="api")[0]
+            try:  # Issue 8: top_k null or "abc" from the API raised TypeError/ValueError: no answer
+                top_k = int(5 if top_k is None else top_k)
+            except (TypeError, ValueError, OverflowError):
+                raise QueryError(f"top_k must be an integer between 1 and 50, got {top_k!r}") from None
+            return self.ask(question, top_k=top_k, context=str(context or "").strip(), channel="api")[0]
         except QueryError as e:  # the same shape the CLI prints for a question it cannot search
             return {"query": question, "abstained": True, "ambiguous": False, "results": [], "error": str(e)}
 

@@ -67,7 +67,11 @@ class SQLiteStore:
         self.path = Path(data_dir) / FILENAME
         self.last_error = ""
         self._ready = False
-        self._lock = threading.Lock()  # creation only; SQLite serialises the writes itself
+        self._lock = threading.Lock()  # creation only
+        # Issue 8: one writer path. Left to SQLite's own locking, 32 threads writing at once lost
+        # ~10% of their rows to "database is locked" (LOCK_TIMEOUT 0.5 s, busy handler unfair).
+        # The desk's threads now queue here, so SQLite's lock is only contended by other processes.
+        self._write_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         if not self._ready:
@@ -83,6 +87,10 @@ class SQLiteStore:
         return sqlite3.connect(self.path, timeout=self.LOCK_TIMEOUT)
 
     def _write(self, sql: str, row: tuple) -> None:
+        with self._write_lock:
+            self._write_now(sql, row)
+
+    def _write_now(self, sql: str, row: tuple) -> None:
         try:
             db = self._connect()
             try:
@@ -90,7 +98,9 @@ class SQLiteStore:
                     db.execute(sql, row)
             finally:
                 db.close()
-        except (sqlite3.Error, OSError) as e:
+        # ValueError (Issue 8): e.g. UnicodeEncodeError for text sqlite3 cannot bind; logging must
+        # never break an answer, so it is reported like any other failed write.
+        except (sqlite3.Error, OSError, ValueError) as e:
             self._failed(e)
 
     def _failed(self, e: Exception) -> None:

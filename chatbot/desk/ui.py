@@ -15,6 +15,7 @@ import copy
 
 import gradio as gr
 
+from chatbot import text
 from chatbot.corpus import AUDIENCES
 from chatbot.desk import render
 from chatbot.desk.render import esc
@@ -104,7 +105,8 @@ def _visitor_tab(desk) -> None:
 
     def respond(question, history, state):
         history = list(history or [])
-        if not (question or "").strip():
+        question = text.scrub(question or "")  # Issue 8: a lone surrogate broke the reply (UnicodeEncodeError)
+        if not question.strip():
             return [history, state, "", gr.update(), *maybe_updates(state["candidates"])]
         context = state["context"]
         out, _ = desk.ask(question, context=context, audience=state["audience"])
@@ -183,7 +185,7 @@ def _staff_tab(desk) -> dict:
     noted = gr.Markdown("", elem_id="staff-noted")
 
     def run(question, state):
-        question = question or ""
+        question = text.scrub(question or "")  # Issue 8: a lone surrogate broke the reply and the feedback log
         out, elapsed = desk.ask(question, top_k=10, channel="staff")
         rows = desk.ranking(question, 10)
         state = {"question": question, "rows": rows, "selected": 0}
