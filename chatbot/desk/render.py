@@ -9,7 +9,9 @@ still sanitises what it receives (defence in depth), but nothing here relies on 
 from __future__ import annotations
 
 import html
+import re
 import unicodedata
+from html.parser import HTMLParser
 
 from chatbot import text
 
@@ -169,3 +171,50 @@ def qr_html(programme) -> str:
     return (f'<div class="desk-qr"><b>{esc(programme.title)}</b>'
             f'<div class="desk-qr-code">{svg}</div>'
             f'<p>スマートフォンで読み取ると案内ページが開きます。<br>{link(url)}</p></div>')
+
+
+# -- the contract checked by the tests and bench/fuzz.py -----------------------------------------
+# Everything this module writes uses only these tags and attributes; anything else in rendered
+# HTML (or a "<" outside them) can only have come from unescaped input.
+ALLOWED_TAGS = {"p", "h3", "blockquote", "mark", "br", "a", "div", "ul", "li", "ol", "details", "summary", "b", "span"}
+ALLOWED_ATTRS = {"class", "href", "target", "rel"}
+
+
+class TagAudit(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.bad: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in ALLOWED_TAGS:
+            self.bad.append(f"<{tag}>")
+        for name, value in attrs:
+            if name not in ALLOWED_ATTRS:
+                self.bad.append(f"{tag}[{name}]")
+            if name == "href" and not (value or "").startswith(("https://", "http://")):
+                self.bad.append(f"href={value!r}")
+
+    def handle_comment(self, data):
+        self.bad.append("<!--")
+
+    def handle_decl(self, decl):
+        self.bad.append("<!")
+
+    def unknown_decl(self, data):
+        self.bad.append("<![")
+
+    def handle_pi(self, data):
+        self.bad.append("<?")
+
+
+OWN_TAG = re.compile(r"</?(?:%s)(?:\s[^<>]*)?>" % "|".join(sorted(ALLOWED_TAGS, key=len, reverse=True)))
+
+
+def audit(html: str) -> list[str]:
+    """Tags or attributes render.py does not write, and any '<' that is not part of one of its tags."""
+    parser = TagAudit()
+    parser.feed(html)
+    parser.close()
+    if "<" in OWN_TAG.sub("", html):
+        parser.bad.append("a bare '<'")
+    return parser.bad
