@@ -38,6 +38,19 @@ DEFAULT_JSON = REPO / "bench" / "results" / "fuzz.json"
 
 from chatbot.desk.render import audit  # noqa: E402  the renderer's own tag/attribute contract
 
+ANSWER_KEYS = {"query", "abstained", "ambiguous", "results", "confidence", "followed_context"}
+RESULT_KEYS = {"key", "title", "section", "text", "urls", "score", "subitem", "breadcrumb"}
+
+SNIPPETS = [
+    "<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "<svg/onload=alert(1)>", "</mark><b>", "<!--",
+    "<![CDATA[x]]>", "<?xml?>", "javascript:alert(1)", "[x](javascript:alert(1))", "![i](https://e.invalid/x.png)",
+    "**太字**", "`code`", "&amp;", "&lt;script&gt;", "&#60;", "&#x3c;", "\"'><", "{{7*7}}", "${7*7}", "%s%n",
+    "' OR 1=1 --", "'; DROP TABLE questions; --", "\\", "../../etc/passwd", "\u202e", "\u202d", "\u2066", "\u200f",
+    "\u200b", "\u200d", "\ufeff", "\u2028", "\u2029", "\x00", "\x1b[31m", "\x7f", "\x85", "\r\n", "\t", "\u3000",
+    "\ud800", "\udfff", "\udc80", "\ufffd", "\U0010ffff", "👨‍👩‍👧‍👦", "🏳️‍🌈", "🧑🏽‍💻", "🇯🇵", "é", "Å",
+    "ｱｲﾊﾟｽ", "ＩＰＡＳ", "①②", "〜～", "？？？", "！！！", "。。。", "سلام", "שלום", "ไทย", "ᄀᄀᄀ", "Z̴̡̛a̷l̸g̵o̶",
+]
+
 
 class Nasty:
     """A seeded generator of hostile questions."""
@@ -180,7 +193,7 @@ def main(argv=None) -> int:
                  "model": built.model_id, "limit_chars": search.MAX_QUERY_CHARS},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, ensure_ascii=False, indent=1))
+    args.json.write_text(json.dumps(result, indent=1))  # ASCII escapes: samples may hold lone surrogates
     print(f"\n{done} inputs in {elapsed:.1f} s ({result['inputs_per_s']}/s): {result['failures']} failures"
           f"{' ' + json.dumps(kinds, ensure_ascii=False) if kinds else ''}; "
           f"{messages} answered with a message, {logged} logged; store error: {store_error or 'none'}; "
