@@ -32,6 +32,7 @@ FALSE_ABSTENTION_COST = 3  # a visitor sent away with nothing weighs as 3 off-to
 SWITCH_MARGINS = (0.0, 0.1, 0.2, 0.3)
 SWITCH_CONFIDENCES = (0.3, 0.5, 0.7, 0.8, 0.9)
 AMBIGUITY_MARGINS = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15)
+AMBIGUITY_LIFT, AMBIGUITY_BUDGET = 3.0, 0.15
 
 
 def calibrate(searcher: Searcher, queries: list[evaluation.Query], log=print) -> dict:
@@ -85,16 +86,18 @@ def calibrate(searcher: Searcher, queries: list[evaluation.Query], log=print) ->
         settings = replace(settings, switch_confidence=best_row[3], switch_margin=best_row[4])
         report["switch"] = [{"confidence": r[3], "margin": r[4], "hit@1": r[0]} for r in rows]
 
-    # 4. ambiguity: the widest margin that flags no more right answers than wrong ones
-    searcher.settings = settings
+    # 4. ambiguity: the widest margin whose flag is informative (the first answer is wrong at least
+    # AMBIGUITY_LIFT times as often when flagged as overall) and rare enough for the visitor
+    # (at most AMBIGUITY_BUDGET of the questions get 「もしかして」 choices).
     chosen = 0.0
     for margin in AMBIGUITY_MARGINS:
         searcher.settings = replace(settings, ambiguity_margin=margin)
         outcomes = evaluation.run(searcher, inside)
-        flagged = [o for o in outcomes if o.ambiguous]
-        wrong = sum(o.ranked[:1] != [] and o.ranked[0] not in o.query.relevant for o in flagged)
-        log(f"ambiguity margin {margin}: flags {len(flagged)}, of which wrong at rank 1 {wrong}")
-        if len(flagged) - wrong <= wrong:
+        wrong = [not o.ranked or o.ranked[0] not in o.query.relevant for o in outcomes]
+        flagged = [w for w, o in zip(wrong, outcomes) if o.ambiguous]
+        log(f"ambiguity margin {margin}: flags {len(flagged)}, of which wrong at rank 1 {sum(flagged)}")
+        informative = flagged and sum(flagged) / len(flagged) >= AMBIGUITY_LIFT * sum(wrong) / len(wrong)
+        if informative and len(flagged) <= AMBIGUITY_BUDGET * len(outcomes):
             chosen = margin
     settings = replace(settings, ambiguity_margin=chosen)
     searcher.settings = settings
