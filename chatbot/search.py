@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,6 +145,9 @@ class Searcher:
         self.index = index
         self.encoder = encoder
         self.settings = settings or Settings.for_model(index.model_id)
+        if settings is None and not calibration_files(index.model_id)[0].exists():
+            warnings.warn(f"no calibration for model {index.model_id!r}: the search will never abstain; "
+                          "run `python -m chatbot calibrate`", stacklevel=2)
         items = index.passages
         self.keys = list(dict.fromkeys(p.key for p in items))
         self.slot = {key: i for i, key in enumerate(self.keys)}
