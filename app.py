@@ -15,6 +15,10 @@ from pathlib import Path
 
 # Before gradio is imported: it reads this once.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+# Gradio's queue keeps a record of every event for its monitoring page, up to 10,000 by default:
+# several KB each, which showed as the desk's memory creeping under load (issue 8). The page is
+# off here, so keep only the last few.
+os.environ["GRADIO_ANALYTICS_MAX_EVENTS"] = "100"
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 CONCURRENCY = 4  # events of one kind running at once; searches themselves take turns (service.Desk)

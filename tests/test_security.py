@@ -25,6 +25,7 @@ def test_default_host_is_loopback():
 
     assert app.parse_args([]).host == "127.0.0.1"
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"  # set by importing app, before gradio
+    assert int(os.environ["GRADIO_ANALYTICS_MAX_EVENTS"]) <= 100  # per-event records kept by the queue
 
 
 def _listeners(port: int) -> list[str]:
