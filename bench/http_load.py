@@ -29,7 +29,6 @@ import os
 import platform
 import queue
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,25 +41,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 QUERIES = REPO / "eval" / "queries.jsonl"
 DEFAULT_JSON = REPO / "bench" / "results" / "http_load.json"
-HOST = "127.0.0.1"
-READY = "madoguchi: ready at"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
+from desk_probe import HOST, READY, free_port, rss_mb  # noqa: E402  (beside this script)
 
 
 def cpu_s(pid: int) -> float | None:

@@ -27,7 +27,6 @@ import os
 import platform
 import queue
 import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,25 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 QUERIES = REPO / "eval" / "queries.jsonl"
 DEFAULT_JSON = REPO / "bench" / "results" / "load.json"
-HOST = "127.0.0.1"
-READY = "madoguchi: ready at"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
+from desk_probe import HOST, READY, free_port, rss_mb  # noqa: E402  (beside this script)
 
 
 class Desk:

@@ -13,6 +13,7 @@ import pytest
 
 from chatbot import embed, evaluation, index, search
 from chatbot.errors import IndexStateError, QueryError
+from index_copies import copy_of
 
 REPO = Path(__file__).resolve().parent.parent
 DEV = Path(__file__).parent / "data" / "dev_queries.jsonl"  # copy of shared/eval/dev_queries.jsonl
@@ -51,14 +52,6 @@ def test_manifest_records_what_the_index_depends_on(built, encoder):
 def test_missing_index_is_refused_with_the_command_to_run(tmp_path):
     with pytest.raises(IndexStateError, match="no index in .*python -m chatbot build"):
         index.load(tmp_path)
-
-
-def copy_of(built, tmp_path) -> Path:
-    root = tmp_path / "index"
-    root.mkdir()
-    shutil.copytree(built.root, root / built.root.name)
-    (root / "CURRENT").write_text(built.root.name + "\n")
-    return root
 
 
 def test_stale_corpus_and_other_model_are_refused(built, tmp_path):

@@ -28,6 +28,7 @@ from chatbot.errors import IndexStateError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from desk_process import DeskProcess  # noqa: E402
+from index_copies import copy_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 LIMIT = search.MAX_QUERY_CHARS
@@ -64,14 +65,6 @@ def built(tmp_path_factory, encoder):
 @pytest.fixture(scope="module")
 def searcher(built, encoder):
     return search.Searcher(built, encoder)
-
-
-def copy_of(built, tmp_path) -> Path:
-    root = tmp_path / "index"
-    root.mkdir()
-    shutil.copytree(built.root, root / built.root.name)
-    (root / "CURRENT").write_text(built.root.name + "\n")
-    return root
 
 
 # -- HTML that the desk renders: only its own tags, never the input's ---------------------------
