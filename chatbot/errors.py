@@ -22,3 +22,7 @@ class IndexStateError(MadoguchiError):
 
 class QueryError(MadoguchiError):
     """The question cannot be searched as given (e.g. too long)."""
+
+
+class StoreError(MadoguchiError):
+    """The log's database is configured wrongly (bad URL, a schema newer than this desk)."""

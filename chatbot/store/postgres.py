@@ -1,0 +1,202 @@
+"""The log in PostgreSQL: one database for many desks, so the staff view sees every desk's visitors.
+
+psycopg 3, imported only when a desk is pointed at PostgreSQL. The log's writer thread keeps one
+connection; the staff view opens its own for each read (rare, and never on an answer's path).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+
+from chatbot.store.schema import FIELDS, SCHEMA_VERSION, Unavailable, empty_stats, too_new
+
+CONNECT_TIMEOUT = 3  # seconds (libpq's minimum is 2)
+STATEMENT_TIMEOUT_MS = 10_000
+MIGRATION_LOCK = 0x6D61646F  # pg_advisory_xact_lock key ("mado"): one desk migrates, the others wait
+DAY = "to_char(at AT TIME ZONE 'Asia/Tokyo', 'YYYY-MM-DD')"  # the staff view counts days in Japan time
+
+STEPS = {
+    1: ["""CREATE TABLE IF NOT EXISTS questions (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at timestamptz NOT NULL, channel text NOT NULL,
+            question text NOT NULL, context text, audience text, abstained boolean NOT NULL,
+            ambiguous boolean NOT NULL, top_key text, elapsed_ms real)""",
+        "CREATE INDEX IF NOT EXISTS questions_at ON questions (at)",
+        """CREATE TABLE IF NOT EXISTS feedback (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at timestamptz NOT NULL, channel text NOT NULL,
+            question text NOT NULL, key text, helpful boolean NOT NULL)"""],
+    2: ["ALTER TABLE questions ADD COLUMN uid uuid, ADD COLUMN replica text",
+        "CREATE UNIQUE INDEX questions_uid ON questions (uid)",
+        "ALTER TABLE feedback ADD COLUMN uid uuid, ADD COLUMN replica text",
+        "CREATE UNIQUE INDEX feedback_uid ON feedback (uid)"],
+}
+assert max(STEPS) == SCHEMA_VERSION
+
+
+def _insert_sql(table: str, fields: tuple[str, ...]) -> str:
+    return (f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join(['%s'] * len(fields))})"
+            " ON CONFLICT (uid) DO NOTHING")
+
+
+INSERT = {"question": _insert_sql("questions", FIELDS["question"]),
+          "feedback": _insert_sql("feedback", FIELDS["feedback"])}
+# Errors that say nothing about a record: the server is down, restarting, or refusing connections.
+UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable,
+               psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)
+
+
+def masked(url: str) -> str:
+    """The URL without its password (in the netloc or as ?password=)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class PostgresBackend:
+    def __init__(self, url: str, application_name: str = "madoguchi"):
+        self.url = url
+        self.label = masked(url)
+        self.application_name = application_name[:63]
+        self._conn: psycopg.Connection | None = None  # the writer's; the writer thread alone uses it
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, application_name=self.application_name,
+                                   options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+        except psycopg.Error as e:
+            raise Unavailable(_describe(e)) from e
+
+    def _writer(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        return self._conn
+
+    def _drop_writer(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+        self._conn = None
+
+    def migrate(self) -> tuple[int, int]:
+        conn = self._writer()
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                found = _version(conn)
+                if found > SCHEMA_VERSION:
+                    raise Unavailable(too_new(found))
+                for version in range(found + 1, SCHEMA_VERSION + 1):
+                    for statement in STEPS[version]:
+                        conn.execute(statement)
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+                conn.execute("DELETE FROM schema_version")
+                conn.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+            return found, SCHEMA_VERSION
+        except psycopg.Error as e:
+            self._drop_writer()
+            raise Unavailable(_describe(e)) from e
+
+    def insert(self, records: list[dict]) -> list[tuple[dict, str]]:
+        conn = self._writer()
+        try:
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    for kind in ("question", "feedback"):
+                        rows = [_row(r) for r in records if r["kind"] == kind]
+                        if rows:
+                            cur.executemany(INSERT[kind], rows)
+                return []
+            except UNAVAILABLE:
+                raise
+            except (psycopg.Error, ValueError):  # some record's content (e.g. a NUL byte): find which
+                pass
+            rejected = []
+            with conn.transaction():
+                for r in records:
+                    try:
+                        with conn.transaction():  # a savepoint per record
+                            conn.execute(INSERT[r["kind"]], _row(r))
+                    except UNAVAILABLE:
+                        raise
+                    except (psycopg.Error, ValueError) as e:
+                        rejected.append((r, f"{type(e).__name__}: {e}"))
+            return rejected
+        except UNAVAILABLE as e:
+            self._drop_writer()
+            raise Unavailable(_describe(e)) from e
+
+    def _read(self, queries: list[tuple[str, tuple]]) -> list[list[tuple]]:
+        try:
+            with self._connect() as conn:
+                if _version(conn) == 0:
+                    return []
+                return [conn.execute(sql, params).fetchall() for sql, params in queries]
+        except psycopg.Error as e:
+            raise Unavailable(_describe(e)) from e
+
+    def stats(self, days: int, top: int) -> dict:
+        got = self._read([
+            (f"SELECT {DAY} AS day, count(*), count(*) FILTER (WHERE abstained) FROM questions"
+             " GROUP BY day ORDER BY day DESC LIMIT %s", (days,)),
+            ("SELECT question, count(*) AS n FROM questions WHERE abstained"
+             " GROUP BY question ORDER BY n DESC, max(at) DESC LIMIT %s", (top,)),
+            ("SELECT count(*) FILTER (WHERE helpful), count(*) FILTER (WHERE NOT helpful), count(*) FROM feedback", ()),
+            ("SELECT coalesce(replica, ''), count(*), max(at) FROM questions GROUP BY 1 ORDER BY 2 DESC", ()),
+        ])
+        if not got:
+            return empty_stats()
+        per_day, no_match, [(helpful, unhelpful, feedback)], replicas = got
+        return {"per_day": [tuple(row) for row in reversed(per_day)], "no_match": [tuple(row) for row in no_match],
+                "helpful": helpful, "unhelpful": unhelpful, "questions": sum(n for _, n, _ in replicas),
+                "feedback": feedback,
+                "replicas": [(name, n, last.isoformat(timespec="seconds")) for name, n, last in replicas]}
+
+    def count(self) -> dict:
+        got = self._read([("SELECT (SELECT count(*) FROM questions), (SELECT count(*) FROM feedback)", ())])
+        questions, feedback = got[0][0] if got else (0, 0)
+        return {"questions": questions, "feedback": feedback}
+
+    def clear(self) -> None:
+        try:
+            with self._connect() as conn:
+                if _version(conn):
+                    conn.execute("TRUNCATE questions, feedback")
+        except psycopg.Error as e:
+            raise Unavailable(_describe(e)) from e
+
+    def close(self) -> None:
+        self._drop_writer()
+
+
+def _version(conn: psycopg.Connection) -> int:
+    tables = {name for (name,) in conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
+    if "schema_version" in tables:
+        return conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+    return 1 if "questions" in tables else 0
+
+
+def _row(r: dict) -> tuple:
+    out = []
+    for f in FIELDS[r["kind"]]:
+        value = r.get(f)
+        if f == "uid":
+            value = uuid.UUID(value)
+        elif f == "at":
+            value = datetime.fromisoformat(value)
+        elif f in ("abstained", "ambiguous", "helpful"):
+            value = bool(value)
+        out.append(value)
+    return tuple(out)
+
+
+def _describe(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"

@@ -1,0 +1,56 @@
+"""What every backend of the log shares: the records, the schema version, and the two errors.
+
+A record is a plain dict, the same in the spool file and in both databases:
+  question: uid, kind="question", at, replica, channel, question, context, audience, abstained,
+            ambiguous, top_key, elapsed_ms
+  feedback: uid, kind="feedback", at, replica, channel, question, key, helpful
+`uid` (a UUID made by the desk) is unique in the database, so writing a record twice stores it once:
+that is what makes replaying the spool after a crash safe.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+# 1: questions + feedback (the single-desk log of issue 6)
+# 2: + uid (unique) and replica on both tables (many desks, replayable writes)
+SCHEMA_VERSION = 2
+
+QUESTION_FIELDS = ("uid", "at", "replica", "channel", "question", "context", "audience", "abstained",
+                   "ambiguous", "top_key", "elapsed_ms")
+FEEDBACK_FIELDS = ("uid", "at", "replica", "channel", "question", "key", "helpful")
+FIELDS = {"question": QUESTION_FIELDS, "feedback": FEEDBACK_FIELDS}
+
+
+class Unavailable(Exception):
+    """The database cannot be reached or written just now: keep the records and try again later."""
+
+
+def too_new(found: int) -> str:
+    return (f"the database's log schema is version {found}, newer than this desk's {SCHEMA_VERSION}: "
+            "update the desk (git pull) before pointing it at this database")
+
+
+def empty_stats() -> dict:
+    return {"per_day": [], "no_match": [], "helpful": 0, "unhelpful": 0, "questions": 0, "feedback": 0,
+            "replicas": []}
+
+
+class Backend(Protocol):
+    label: str  # where the log is, for the console and the staff view (never with a password)
+
+    def migrate(self) -> tuple[int, int]:
+        """Bring the schema to SCHEMA_VERSION; (version found, version now). Raises Unavailable."""
+
+    def insert(self, records: list[dict]) -> list[tuple[dict, str]]:
+        """Store the records in one transaction, skipping uids already stored. Returns the records
+        the database refused, with the reason; raises Unavailable when nothing could be written."""
+
+    def stats(self, days: int, top: int) -> dict:
+        """See chatbot.store.Log.stats. Raises Unavailable."""
+
+    def count(self) -> dict:
+        """{"questions": n, "feedback": n}. Raises Unavailable."""
+
+    def clear(self) -> None:
+        """Delete every stored question and feedback (the schema stays). Raises Unavailable."""

@@ -1,0 +1,176 @@
+"""The log in one SQLite file: the default, for a single desk (or a few on one machine).
+
+WAL mode, so the staff view's reads never wait for the writer. Only the log's writer thread writes
+here, so a generous lock timeout costs no answer any time (issue 8's lost rows came from many
+threads racing for the lock; now there is one).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from chatbot.store.schema import FIELDS, SCHEMA_VERSION, Unavailable, empty_stats, too_new
+
+LOCK_TIMEOUT = 5.0  # seconds; another process (a second desk, a backup) may hold the lock briefly
+# SQLite keeps ISO 8601 text in UTC; the staff view counts days in Japan time (no DST there).
+JST = "'+9 hours'"
+
+STEPS = {
+    1: ["""CREATE TABLE IF NOT EXISTS questions (
+            id INTEGER PRIMARY KEY, at TEXT NOT NULL, channel TEXT NOT NULL, question TEXT NOT NULL,
+            context TEXT, audience TEXT, abstained INTEGER NOT NULL, ambiguous INTEGER NOT NULL,
+            top_key TEXT, elapsed_ms REAL)""",
+        "CREATE INDEX IF NOT EXISTS questions_at ON questions(at)",
+        """CREATE TABLE IF NOT EXISTS feedback (
+            id INTEGER PRIMARY KEY, at TEXT NOT NULL, channel TEXT NOT NULL, question TEXT NOT NULL,
+            key TEXT, helpful INTEGER NOT NULL)"""],
+    2: ["ALTER TABLE questions ADD COLUMN uid TEXT",
+        "ALTER TABLE questions ADD COLUMN replica TEXT",
+        "CREATE UNIQUE INDEX questions_uid ON questions(uid)",
+        "ALTER TABLE feedback ADD COLUMN uid TEXT",
+        "ALTER TABLE feedback ADD COLUMN replica TEXT",
+        "CREATE UNIQUE INDEX feedback_uid ON feedback(uid)"],
+}
+assert max(STEPS) == SCHEMA_VERSION
+
+
+def _insert_sql(table: str, fields: tuple[str, ...]) -> str:
+    return (f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
+            " ON CONFLICT(uid) DO NOTHING")
+
+
+INSERT = {"question": _insert_sql("questions", FIELDS["question"]),
+          "feedback": _insert_sql("feedback", FIELDS["feedback"])}
+
+
+class SQLiteBackend:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.label = f"sqlite:///{self.path}"
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            return db
+        except (sqlite3.Error, OSError) as e:
+            raise Unavailable(f"{type(e).__name__}: {e}") from e
+
+    def _version(self, db: sqlite3.Connection) -> int:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" in tables:
+            return db.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+        return 1 if "questions" in tables else 0  # issue 6's desks wrote version 1 without saying so
+
+    def migrate(self) -> tuple[int, int]:
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")  # two desks starting together: one migrates, the other waits
+            found = self._version(db)
+            if found > SCHEMA_VERSION:
+                db.execute("ROLLBACK")
+                raise Unavailable(too_new(found))
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in STEPS[version]:
+                    db.execute(statement)
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+            return found, SCHEMA_VERSION
+        except sqlite3.Error as e:
+            raise Unavailable(f"{type(e).__name__}: {e}") from e
+        finally:
+            db.close()
+
+    def insert(self, records: list[dict]) -> list[tuple[dict, str]]:
+        db = self._connect()
+        try:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for r in records:
+                    db.execute(INSERT[r["kind"]], _row(r))
+                db.execute("COMMIT")
+                return []
+            except sqlite3.OperationalError as e:  # locked, read-only, disk full, missing table
+                raise Unavailable(f"{type(e).__name__}: {e}") from e
+            except (sqlite3.Error, ValueError):  # some record's content: find which, keep the rest
+                db.execute("ROLLBACK")
+            rejected = []
+            db.execute("BEGIN IMMEDIATE")
+            for r in records:
+                try:
+                    db.execute("SAVEPOINT one")
+                    db.execute(INSERT[r["kind"]], _row(r))
+                    db.execute("RELEASE one")
+                except sqlite3.OperationalError as e:
+                    raise Unavailable(f"{type(e).__name__}: {e}") from e
+                except (sqlite3.Error, ValueError) as e:
+                    db.execute("ROLLBACK TO one")
+                    rejected.append((r, f"{type(e).__name__}: {e}"))
+            db.execute("COMMIT")
+            return rejected
+        finally:
+            db.close()
+
+    def stats(self, days: int, top: int) -> dict:
+        if not self.path.exists():
+            return empty_stats()
+        db = self._connect()
+        try:
+            if self._version(db) == 0:
+                return empty_stats()
+            per_day = db.execute(
+                f"SELECT date(at, {JST}) AS day, count(*), sum(abstained) FROM questions"
+                " GROUP BY day ORDER BY day DESC LIMIT ?", (days,)).fetchall()
+            no_match = db.execute(
+                "SELECT question, count(*) AS n FROM questions WHERE abstained = 1"
+                " GROUP BY question ORDER BY n DESC, max(at) DESC LIMIT ?", (top,)).fetchall()
+            helpful, unhelpful, feedback = db.execute(
+                "SELECT coalesce(sum(helpful), 0), coalesce(sum(1 - helpful), 0), count(*) FROM feedback").fetchone()
+            replicas = db.execute(
+                "SELECT coalesce(replica, ''), count(*), max(at) FROM questions GROUP BY 1 ORDER BY 2 DESC").fetchall()
+        except sqlite3.Error as e:
+            raise Unavailable(f"{type(e).__name__}: {e}") from e
+        finally:
+            db.close()
+        return {"per_day": [tuple(row) for row in reversed(per_day)], "no_match": [tuple(row) for row in no_match],
+                "helpful": helpful, "unhelpful": unhelpful, "questions": sum(n for _, n, _ in replicas),
+                "feedback": feedback, "replicas": [tuple(r) for r in replicas]}
+
+    def count(self) -> dict:
+        db = self._connect()
+        try:
+            if self._version(db) == 0:
+                return {"questions": 0, "feedback": 0}
+            return {"questions": db.execute("SELECT count(*) FROM questions").fetchone()[0],
+                    "feedback": db.execute("SELECT count(*) FROM feedback").fetchone()[0]}
+        except sqlite3.Error as e:
+            raise Unavailable(f"{type(e).__name__}: {e}") from e
+        finally:
+            db.close()
+
+    def clear(self) -> None:
+        db = self._connect()
+        try:
+            if self._version(db):
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("DELETE FROM questions")
+                db.execute("DELETE FROM feedback")
+                db.execute("COMMIT")
+                db.execute("VACUUM")  # deleted text must not linger in free pages
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            raise Unavailable(f"{type(e).__name__}: {e}") from e
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        pass  # a connection per call
+
+
+def _row(r: dict) -> tuple:
+    fields = FIELDS[r["kind"]]
+    return tuple(int(r[f]) if f in ("abstained", "ambiguous", "helpful") else r.get(f) for f in fields)
