@@ -1,8 +1,9 @@
-"""The desk: `python app.py [--host 127.0.0.1] [--port 7860] [--data-dir DIR]`.
+"""The desk: `python app.py [--host 127.0.0.1] [--port 7860] [--data-dir DIR] [--db URL] [--replica NAME]`.
 
 Loads the index (building it first, with progress on the console, when it is missing or stale),
-then serves the visitor chat, the staff tab and the /search API. The start path stays lean:
-the ONNX encoder needs neither torch nor sentence-transformers; only a build imports them.
+then serves the visitor chat, the staff tab and the /search and /feedback APIs. The start path stays
+lean: the ONNX encoder needs neither torch nor sentence-transformers; only a build imports them.
+Many desks can share one PostgreSQL log (--db): see README "Running many desks".
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python app.py", description="madoguchi 相談窓口 (the desk)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--data-dir", type=Path, help="feedback log directory (default: $MADOGUCHI_DATA or ./data)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="the log's spool and SQLite file (default: $MADOGUCHI_DATA or ./data)")
+    parser.add_argument("--db", metavar="URL", help="the log's database: sqlite:///PATH or postgresql://USER@HOST/DB "
+                        "(default: $MADOGUCHI_DB, else SQLite in the data directory)")
+    parser.add_argument("--replica", metavar="NAME", help="this desk's name in a shared log "
+                        "(default: $MADOGUCHI_REPLICA, else <hostname>-<port>)")
     return parser.parse_args(argv)
 
 
@@ -50,14 +56,18 @@ def open_searcher():
     return search.Searcher(built, encoder)
 
 
-def create_app(data_dir: Path | None = None):
+def create_app(data_dir: Path | None = None, db: str | None = None, replica: str | None = None):
     """(gradio Blocks, Desk): everything but the server."""
-    from chatbot import config, corpus
-    from chatbot.desk import service, store, ui
+    from chatbot import config, corpus, store
+    from chatbot.desk import service, ui
 
-    searcher = open_searcher()
-    desk = service.Desk(searcher, corpus.load(config.corpus_dir()),
-                        store.SQLiteStore(data_dir or config.data_dir()))
+    log = store.open_store(config.db_url() if db is None else db, data_dir or config.data_dir(),
+                           replica or config.replica() or store.default_replica())
+    try:
+        desk = service.Desk(open_searcher(), corpus.load(config.corpus_dir()), log)
+    except BaseException:
+        log.close(0)
+        raise
     return ui.build(desk), desk
 
 
@@ -71,23 +81,36 @@ def main(argv=None) -> None:
               "and its staff tab (there is no login). Use the default 127.0.0.1 unless that is intended.",
               file=sys.stderr, flush=True)
     try:
-        app, desk = create_app(args.data_dir)
+        app, desk = create_app(args.data_dir, args.db, args.replica or _replica_default(args.port))
     except MadoguchiError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    log = desk.store
+    if log.wait_ready(5):
+        print(f"madoguchi: log → {log.backend.label} (schema {log.schema[1]}, replica {log.replica})", flush=True)
+    else:
+        print(f"madoguchi: WARNING: the log's database is not available ({log.last_error or 'no answer yet'}); "
+              f"the desk answers anyway and keeps records in {log.spool_path} until it is", file=sys.stderr, flush=True)
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     app.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True,
                share=False, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
                run_history=False, footer_links=["api"], show_error=False,
                theme="default", css=_css())
     print(f"madoguchi: ready at http://{args.host}:{args.port} in {time.perf_counter() - started:.1f} s "
-          f"(log: {desk.store.path})", flush=True)
+          f"(log: {log.backend.label})", flush=True)
     try:
         app.block_thread()
     except KeyboardInterrupt:
         pass
     finally:
         app.close()
+        log.close(5)  # what is not written by then stays in the spool for the next start
+
+
+def _replica_default(port: int) -> str:
+    from chatbot import config, store
+
+    return config.replica() or store.default_replica(port)
 
 
 def _css() -> str:

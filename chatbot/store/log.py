@@ -95,6 +95,13 @@ class Log:
                 "spool": str(self.spool_path), "last_error": self.last_error, "spool_error": self.spool_error,
                 "schema": self.schema[1] if self.schema else None}
 
+    def wait_ready(self, timeout: float = 5.0) -> bool:
+        """Wait for the first migration (or its failure, in last_error); True if the schema is current."""
+        deadline = time.monotonic() + timeout
+        while self.schema is None and not self.last_error and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.schema is not None
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every acknowledged record is in the database (or the timeout passes)."""
         deadline = time.monotonic() + timeout
@@ -212,8 +219,9 @@ class Log:
     def _run(self) -> None:
         failures = 0
         while True:
-            with self._lock:
-                while not self._closing and not self._memory and self._offset >= self._size:
+            with self._lock:  # the first round migrates the schema, work or not
+                while not self._closing and self.schema is not None and not self._memory \
+                        and self._offset >= self._size:
                     self._lock.wait()
                 if self._closing:
                     return

@@ -159,6 +159,13 @@ class PostgresBackend:
                 "feedback": feedback,
                 "replicas": [(name, n, last.isoformat(timespec="seconds")) for name, n, last in replicas]}
 
+    def version(self) -> int:
+        try:
+            with self._connect() as conn:
+                return _version(conn)
+        except psycopg.Error as e:
+            raise Unavailable(_describe(e)) from e
+
     def count(self) -> dict:
         got = self._read([("SELECT (SELECT count(*) FROM questions), (SELECT count(*) FROM feedback)", ())])
         questions, feedback = got[0][0] if got else (0, 0)

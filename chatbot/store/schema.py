@@ -49,6 +49,9 @@ class Backend(Protocol):
     def stats(self, days: int, top: int) -> dict:
         """See chatbot.store.Log.stats. Raises Unavailable."""
 
+    def version(self) -> int:
+        """The schema version stored (0: no log yet). Raises Unavailable."""
+
     def count(self) -> dict:
         """{"questions": n, "feedback": n}. Raises Unavailable."""
 

@@ -140,6 +140,17 @@ class SQLiteBackend:
                 "helpful": helpful, "unhelpful": unhelpful, "questions": sum(n for _, n, _ in replicas),
                 "feedback": feedback, "replicas": [tuple(r) for r in replicas]}
 
+    def version(self) -> int:
+        if not self.path.exists():
+            return 0
+        db = self._connect()
+        try:
+            return self._version(db)
+        except sqlite3.Error as e:
+            raise Unavailable(f"{type(e).__name__}: {e}") from e
+        finally:
+            db.close()
+
     def count(self) -> dict:
         db = self._connect()
         try:
