@@ -42,17 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 QUERIES = REPO / "eval" / "queries.jsonl"
 DEFAULT_JSON = REPO / "bench" / "results" / "http_load.json"
 
-from desk_probe import HOST, READY, free_port, rss_mb  # noqa: E402  (beside this script)
-
-
-def cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds the process has used (/proc/<pid>/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
+from desk_probe import DeskProcess, desk_env  # noqa: E402  (beside this script)
 
 
 def ensure_index(index_dir: Path, env: dict) -> dict:
@@ -63,57 +53,6 @@ def ensure_index(index_dir: Path, env: dict) -> dict:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "chatbot", "build"], cwd=REPO, env=env, check=True)
     return {"built": True, "build_s": round(time.perf_counter() - t0, 1)}
-
-
-class Desk:
-    """The desk as a child process; its stdout is drained by a thread (a full pipe would stall it)."""
-
-    def __init__(self, env: dict, data_dir: Path, timeout: float):
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}/"
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log = data_dir / "desk.log"
-        started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "app.py", "--host", HOST, "--port", str(self.port), "--data-dir", str(data_dir)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True, bufsize=1)
-        threading.Thread(target=self._drain, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the desk exited ({self.proc.returncode}); see {self.log}:\n"
-                                   + self.log.read_text()[-2000:])
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                line = ""
-            if line.startswith(READY):
-                self.ready_line = line.strip()
-                break
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the desk was not ready within {timeout:.0f} s; see {self.log}")
-        self.start_s = round(time.perf_counter() - started, 1)
-
-    def _drain(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line)
-
-    def cpu(self) -> float | None:
-        return cpu_s(self.proc.pid)
-
-    def rss(self) -> float | None:
-        return rss_mb(self.proc.pid)
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM to this PID only
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        return self.proc.returncode
 
 
 def run_level(url: str, clients: int, requests: int, questions: list[str], top_k: int) -> dict:
@@ -202,14 +141,13 @@ def main(argv=None) -> None:
     random.Random(args.seed).shuffle(questions)
 
     index_dir = args.index_dir.resolve()
-    env = dict(os.environ, MADOGUCHI_INDEX=str(index_dir), PYTHONUNBUFFERED="1")
-    env.pop("MADOGUCHI_DATA", None)  # the desk logs into the temporary --data-dir only
+    env = desk_env(index_dir)  # the desk logs into the temporary --data-dir only
     index_info = ensure_index(index_dir, env)
 
     import gradio_client
 
     with tempfile.TemporaryDirectory(prefix="madoguchi-load-") as tmp:
-        desk = Desk(env, Path(tmp), args.start_timeout)
+        desk = DeskProcess(["--data-dir", tmp], env, log=Path(tmp) / "desk.log", timeout=args.start_timeout)
         results: dict = {}
         try:
             print(f"{desk.ready_line}  (pid {desk.proc.pid}, {desk.start_s} s)", flush=True)

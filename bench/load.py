@@ -25,10 +25,8 @@ import argparse
 import json
 import os
 import platform
-import queue
 import random
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,55 +40,7 @@ sys.path.insert(0, str(REPO))
 QUERIES = REPO / "eval" / "queries.jsonl"
 DEFAULT_JSON = REPO / "bench" / "results" / "load.json"
 
-from desk_probe import HOST, READY, free_port, rss_mb  # noqa: E402  (beside this script)
-
-
-class Desk:
-    def __init__(self, index_dir: Path, data_dir: Path, timeout: float):
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}/"
-        self.data_dir = data_dir
-        env = dict(os.environ, MADOGUCHI_INDEX=str(index_dir), PYTHONUNBUFFERED="1")
-        env.pop("MADOGUCHI_DATA", None)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.console: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "app.py", "--host", HOST, "--port", str(self.port), "--data-dir", str(data_dir)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        threading.Thread(target=self._drain, daemon=True).start()
-        started, deadline = time.perf_counter(), time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError("the desk exited:\n" + "\n".join(self.console[-30:]))
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                line = ""
-            if line.startswith(READY):
-                self.ready_line = line.strip()
-                break
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the desk was not ready within {timeout:.0f} s")
-        self.start_s = round(time.perf_counter() - started, 1)
-
-    def _drain(self) -> None:
-        for line in self.proc.stdout:
-            self.console.append(line.rstrip("\n"))
-            self.lines.put(line)
-
-    def rss(self) -> float | None:
-        return rss_mb(self.proc.pid)
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # this PID only
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        return self.proc.returncode
+from desk_probe import HOST, DeskProcess, desk_env  # noqa: E402  (beside this script)
 
 
 def main(argv=None) -> int:
@@ -117,7 +67,7 @@ def main(argv=None) -> int:
 
             index_dir = tmp / "index"
             index.build(config.corpus_dir(), index_dir, embed.load_encoder(), progress=False)
-        desk = Desk(index_dir, tmp / "data", timeout=300)
+        desk = DeskProcess(["--data-dir", tmp / "data"], desk_env(index_dir), timeout=300)
         print(f"{desk.ready_line} (pid {desk.proc.pid}, {desk.start_s} s)", flush=True)
         samples: list[tuple[float, float]] = []
         try:
@@ -181,8 +131,8 @@ def main(argv=None) -> int:
             with sqlite3.connect(tmp / "data" / "madoguchi.sqlite3") as db:
                 logged = {q for (q,) in db.execute("SELECT question FROM questions WHERE channel = 'api'")}
             missing = [q for q in asked if q not in logged]
-            log_errors = [line for line in desk.console if "記録できませんでした" in line]
-            tracebacks = sum("Traceback" in line for line in desk.console)
+            log_errors = [line for line in desk.output if "記録できませんでした" in line]
+            tracebacks = sum("Traceback" in line for line in desk.output)
         finally:
             rc = desk.stop()
 

@@ -12,12 +12,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))  # the helper modules next to the tests (postgres, logdb, …)
 START_TIMEOUT = 180  # seconds: a cold index build takes about 30
 
 
@@ -41,11 +43,39 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL cluster for the whole session (tests/postgres.py). Without PostgreSQL
+    installed the PostgreSQL half of the store tests is skipped, except under CI, where it fails."""
+    import postgres
+
+    reason = postgres.available()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test the PostgreSQL store: {reason}")
+        pytest.skip(reason)
+    cluster = postgres.Cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """An empty log database of each kind: the store tests run once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db' / 'madoguchi.sqlite3'}"
+    cluster = request.getfixturevalue("pg_cluster")
+    return cluster.new_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(scope="session")
 def desk(tmp_path_factory) -> RunningDesk:
     root = tmp_path_factory.mktemp("desk")
     port = _free_port()
     env = {**os.environ, "MADOGUCHI_INDEX": str(root / "index"), "PYTHONUNBUFFERED": "1"}
     env.pop("MADOGUCHI_DATA", None)
+    env.pop("MADOGUCHI_DB", None)
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port), "--data-dir", str(root / "data")],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

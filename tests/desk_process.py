@@ -27,7 +27,7 @@ def free_port() -> int:
 
 class DeskProcess:
     def __init__(self, index_dir: Path, data_dir: Path, *, corpus_dir: Path | None = None, timeout: float = 240,
-                 port: int | None = None):
+                 port: int | None = None, db: str = "", replica: str = ""):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = Path(data_dir)
@@ -37,8 +37,10 @@ class DeskProcess:
             env["MADOGUCHI_CORPUS"] = str(corpus_dir)
         self.output: list[str] = []
         self._ready = threading.Event()
+        env.pop("MADOGUCHI_DB", None)
+        options = [*(["--db", db] if db else []), *(["--replica", replica] if replica else [])]
         self.proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(self.port),
-                                      "--data-dir", str(data_dir)],
+                                      "--data-dir", str(data_dir), *options],
                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(timeout) or self.proc.poll() is not None:

@@ -66,7 +66,18 @@ class Cluster:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{USER}@127.0.0.1:{self.port}/{USER}"
+        return self.database_url(USER)
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql://{USER}@127.0.0.1:{self.port}/{name}"
+
+    def new_database(self, name: str) -> str:
+        """A fresh, empty database in this cluster; its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.database_url(name)
 
     def _run(self, program: str, *args: str) -> None:
         cmd = [str(self.bin / program), *args]
