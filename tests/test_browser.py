@@ -7,10 +7,11 @@ open). Screenshots of both tabs at desktop and phone width go to artifacts/scree
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
+
+from logdb import eventually, query
 
 pytestmark = pytest.mark.browser
 
@@ -135,9 +136,8 @@ def test_like_is_stored(page, desk):
     # Gradio translates its own labels: いいね under ja-JP (the desk's locale), Like otherwise
     page.locator('#desk-chat button:is([aria-label="いいね"], [aria-label="Like"])').last.click()
     page.locator("#desk-thanks", has_text="ありがとうございました").wait_for()
-    with sqlite3.connect(desk.db) as db:
-        question, key, helpful = db.execute(
-            "SELECT question, key, helpful FROM feedback WHERE channel = 'visitor' ORDER BY id DESC").fetchone()
+    question, key, helpful = eventually(lambda: query(
+        f"sqlite:///{desk.db}", "SELECT question, key, helpful FROM feedback WHERE channel = 'visitor' ORDER BY id DESC"))[0]
     assert question == "起業したばかりで知財の専門家に相談したい" and helpful == 1
     from chatbot import config, corpus
 

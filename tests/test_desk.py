@@ -1,17 +1,17 @@
-"""The desk (app.py) on the real index and model: its /search API through gradio_client, the log
-in SQLite, and the HTML it renders (escaping first, markup second)."""
+"""The desk (app.py) on the real index and model: its /search API through gradio_client, what it
+logs (SQLite here; both backends in test_desk_log.py), and the HTML it renders (escaping first,
+markup second)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from chatbot import corpus
 from chatbot.desk import render
-from chatbot.desk.store import SQLiteStore
+from logdb import eventually, query
 
 REPO = Path(__file__).resolve().parent.parent
 ASK_KEYS = {"query", "abstained", "ambiguous", "results", "confidence", "followed_context"}
@@ -56,31 +56,6 @@ def test_qr_is_inline_svg_of_the_url():
     assert "<svg" in out and programme.urls[0] in out and "<img" not in out
 
 
-def test_store_counts_questions_no_matches_and_feedback(tmp_path):
-    store = SQLiteStore(tmp_path / "new" / "data")  # created on first use
-    hit = {"abstained": False, "ambiguous": True, "results": [{"key": "6.(1)"}]}
-    miss = {"abstained": True, "ambiguous": False, "results": []}
-    for question, answer in [("J-PlatPat", hit), ("天気", miss), ("天気", miss), ("株価", miss)]:
-        store.log_question("visitor", question, answer)
-    store.log_feedback("visitor", "J-PlatPat", "6.(1)", True)
-    store.log_feedback("staff", "天気", "", False)
-    stats = store.stats()
-    assert stats["questions"] == 4 and stats["no_match"] == [("天気", 2), ("株価", 1)]
-    assert [(n, m) for _, n, m in stats["per_day"]] == [(4, 3)]
-    assert (stats["helpful"], stats["unhelpful"]) == (1, 1) and store.last_error == ""
-    with sqlite3.connect(store.path) as db:
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-def test_store_survives_an_unwritable_directory(tmp_path, capsys):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    store = SQLiteStore(blocker / "data")
-    store.log_feedback("visitor", "q", "1.(1)", True)  # must not raise
-    assert store.last_error and "記録できませんでした" in capsys.readouterr().err
-    assert store.stats()["questions"] == 0
-
-
 # -- the running desk ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -90,17 +65,21 @@ def client(desk):
     return Client(desk.url, verbose=False)
 
 
-def rows(desk, sql: str) -> list[tuple]:
-    with sqlite3.connect(desk.db) as db:
-        return db.execute(sql).fetchall()
+def rows(desk, sql: str, expect) -> list[tuple]:
+    """The log's rows once `expect(rows)` holds (the log writes a moment after it acknowledges)."""
+    def check():
+        found = query(f"sqlite:///{desk.db}", sql)
+        return found if expect(found) else None
+
+    return eventually(check) or query(f"sqlite:///{desk.db}", sql)
 
 
 def test_desk_built_its_index_on_first_start(desk):
     assert any("building the index" in line for line in desk.output)
 
 
-def test_only_search_is_documented(client):
-    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/search"]
+def test_only_search_and_feedback_are_documented(client):
+    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/search", "/feedback"]
 
 
 def test_search_returns_the_ask_json(client):
@@ -132,7 +111,8 @@ def test_follow_up_stays_on_the_context(client):
 def test_off_topic_abstains_and_is_logged(client, desk):
     out = client.predict("今日の天気は？", 5, "", api_name="/search")
     assert out["abstained"] and out["results"] == []
-    assert ("api", "今日の天気は？") in rows(desk, "SELECT channel, question FROM questions WHERE abstained = 1")
+    expected = ("api", "今日の天気は？")
+    assert expected in rows(desk, "SELECT channel, question FROM questions WHERE abstained = 1", lambda r: expected in r)
 
 
 def test_bad_context_is_an_error_answer(client):
@@ -144,7 +124,7 @@ def test_staff_feedback_is_stored(client, desk):
     flags, table = client.predict("起業したばかりで知財の専門家に相談したい", api_name="/staff_search")[:2]  # (State is not an output)
     assert "ms" in flags and table["data"][0][1]
     assert client.predict(api_name="/staff_feedback_down").startswith("記録しました")
-    question, key, helpful = rows(desk, "SELECT question, key, helpful FROM feedback WHERE channel = 'staff'")[-1]
+    question, key, helpful = rows(desk, "SELECT question, key, helpful FROM feedback WHERE channel = 'staff'", bool)[-1]
     assert (question, key, helpful) == ("起業したばかりで知財の専門家に相談したい", table["data"][0][1], 0)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from logdb import eventually, query
+
 REPO = Path(__file__).resolve().parent.parent
 WARNING = ("madoguchi: WARNING: listening on {host}: anyone who can reach this machine can use the desk "
            "and its staff tab (there is no login). Use the default 127.0.0.1 unless that is intended.")
@@ -139,14 +141,15 @@ def test_store_keeps_only_the_documented_columns(desk):
     from gradio_client import Client
 
     Client(desk.url, verbose=False).predict("今日の天気は？", 5, "", api_name="/search")
+    eventually(desk.db.exists)
     with sqlite3.connect(desk.db) as db:
         questions = [row[1] for row in db.execute("PRAGMA table_info(questions)")]
         feedback = [row[1] for row in db.execute("PRAGMA table_info(feedback)")]
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"questions", "feedback"}
+    assert tables == {"questions", "feedback", "schema_version"}
     assert questions == ["id", "at", "channel", "question", "context", "audience", "abstained", "ambiguous",
-                         "top_key", "elapsed_ms"]
-    assert feedback == ["id", "at", "channel", "question", "key", "helpful"]
+                         "top_key", "elapsed_ms", "uid", "replica"]
+    assert feedback == ["id", "at", "channel", "question", "key", "helpful", "uid", "replica"]
 
 
 def test_nothing_about_the_caller_reaches_the_log(desk):
@@ -164,15 +167,18 @@ def test_nothing_about_the_caller_reaches_the_log(desk):
     conn.request("GET", f"/gradio_api/call/search/{event_id}", headers=headers)
     assert conn.getresponse().read().startswith(b"event: complete")
     conn.close()
-    with sqlite3.connect(desk.db) as db:
-        rows = [" ".join(map(str, row)) for table in ("questions", "feedback")
-                for row in db.execute(f"SELECT * FROM {table}")]  # noqa: S608 - fixed names
+    url = f"sqlite:///{desk.db}"
+    eventually(lambda: query(url, "SELECT 1 FROM questions WHERE question = ?", question))
+    rows = [" ".join(map(str, row)) for table in ("questions", "feedback")
+            for row in query(url, f"SELECT * FROM {table}")]  # noqa: S608 - fixed names
     everything = "\n".join(rows)
     assert question in everything
     for marker in (marker_ua, marker_cookie, marker_fwd, "tok-9d8e7f", "127.0.0.1"):
         assert marker not in everything
-    raw = b"".join(p.read_bytes() for p in desk.data_dir.glob("madoguchi.sqlite3*"))
+    files = list(desk.data_dir.iterdir())  # the database and this desk's spool (chatbot/store/log.py)
+    raw = b"".join(p.read_bytes() for p in files)
     for marker in (marker_ua, marker_cookie, marker_fwd, "tok-9d8e7f"):
         assert marker.encode() not in raw
-    assert {p.name for p in desk.data_dir.iterdir()} <= {"madoguchi.sqlite3", "madoguchi.sqlite3-shm",
-                                                         "madoguchi.sqlite3-wal"}
+    names = {p.name for p in files}
+    assert names - {"madoguchi.sqlite3", "madoguchi.sqlite3-shm", "madoguchi.sqlite3-wal"} == \
+        {n for n in names if n.startswith("spool-") and n.endswith(".jsonl")} and len(names) <= 4
