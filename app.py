@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,8 @@ def main(argv=None) -> None:
                theme="default", css=_css())
     print(f"madoguchi: ready at http://{args.host}:{args.port} in {time.perf_counter() - started:.1f} s "
           f"(log: {log.backend.label})", flush=True)
+    # systemd stops a desk with SIGTERM: leave through the `finally` below, so the log writes what it can.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         app.block_thread()
     except KeyboardInterrupt:

@@ -241,7 +241,7 @@ def _staff_tab(desk) -> dict:
         lines = [f"質問 {s['questions']} 件 ・ 評価: 役に立った {s['helpful']} / 違った {s['unhelpful']}（役に立った率 {ratio}）",
                  f"記録先: `{s['store']}`（スキーマ {s['schema'] or '—'}）・ このデスク: `{s['replica']}` ・ "
                  f"未書き込み {s['pending']} 件 ・ 日付は日本時間"]
-        lines += [f"⚠️ {problem}" for problem in (s.get("error") or s["last_error"], s["spool_error"]) if problem]
+        lines += [f"⚠️ {problem}" for problem in (s.get("error"), s["last_error"], s["spool_error"]) if problem]
         if s["rejected"] or s["lost"]:
             lines.append(f"⚠️ データベースが受け付けなかった記録 {s['rejected']} 件（rejected-*.jsonl に保存）・ "
                          f"失われた記録 {s['lost']} 件")

@@ -83,8 +83,7 @@ class Log:
         try:
             out = self.backend.stats(days, top)
         except Unavailable as e:
-            self._failed(e)
-            out = {**empty_stats(), "error": self.last_error}
+            out = {**empty_stats(), "error": f"{_clock()} 集計を読めません（{self.backend.label}）: {e}"}
         return {**out, **self.status()}
 
     def status(self) -> dict:
