@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from chatbot.store.schema import FIELDS, SCHEMA_VERSION, Unavailable, empty_stats, too_new
+from chatbot.store.schema import FIELDS, SCHEMA_VERSION, Unavailable, empty_stats, insert_statements, upgrade
 
 CONNECT_TIMEOUT = 3  # seconds (libpq's minimum is 2)
 STATEMENT_TIMEOUT_MS = 10_000
@@ -36,13 +36,7 @@ STEPS = {
 assert max(STEPS) == SCHEMA_VERSION
 
 
-def _insert_sql(table: str, fields: tuple[str, ...]) -> str:
-    return (f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join(['%s'] * len(fields))})"
-            " ON CONFLICT (uid) DO NOTHING")
-
-
-INSERT = {"question": _insert_sql("questions", FIELDS["question"]),
-          "feedback": _insert_sql("feedback", FIELDS["feedback"])}
+INSERT = insert_statements("%s")
 # Errors that say nothing about a record: the server is down, restarting, or refusing connections.
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable,
                psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)
@@ -91,14 +85,7 @@ class PostgresBackend:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 found = _version(conn)
-                if found > SCHEMA_VERSION:
-                    raise Unavailable(too_new(found))
-                for version in range(found + 1, SCHEMA_VERSION + 1):
-                    for statement in STEPS[version]:
-                        conn.execute(statement)
-                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
-                conn.execute("DELETE FROM schema_version")
-                conn.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+                upgrade(conn.execute, found, STEPS)
             return found, SCHEMA_VERSION
         except psycopg.Error as e:
             self._drop_writer()

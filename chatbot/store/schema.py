@@ -20,10 +20,30 @@ QUESTION_FIELDS = ("uid", "at", "replica", "channel", "question", "context", "au
                    "ambiguous", "top_key", "elapsed_ms")
 FEEDBACK_FIELDS = ("uid", "at", "replica", "channel", "question", "key", "helpful")
 FIELDS = {"question": QUESTION_FIELDS, "feedback": FEEDBACK_FIELDS}
+TABLES = {"question": "questions", "feedback": "feedback"}
+
+
+def insert_statements(mark: str) -> dict[str, str]:
+    """kind → INSERT that skips a uid already stored; `mark` is the driver's placeholder (? or %s)."""
+    return {kind: f"INSERT INTO {TABLES[kind]} ({', '.join(fields)}) VALUES ({', '.join([mark] * len(fields))})"
+                  " ON CONFLICT (uid) DO NOTHING" for kind, fields in FIELDS.items()}
 
 
 class Unavailable(Exception):
     """The database cannot be reached or written just now: keep the records and try again later."""
+
+
+def upgrade(execute, found: int, steps: dict[int, list[str]]) -> None:
+    """Run a backend's migration steps after version `found` and record the new version, in the
+    caller's transaction (so a desk that fails half-way leaves the old version intact)."""
+    if found > SCHEMA_VERSION:
+        raise Unavailable(too_new(found))
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        for statement in steps[version]:
+            execute(statement)
+    execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+    execute("DELETE FROM schema_version")
+    execute(f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION})")
 
 
 def too_new(found: int) -> str:

@@ -8,9 +8,10 @@ threads racing for the lock; now there is one).
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
-from chatbot.store.schema import FIELDS, SCHEMA_VERSION, Unavailable, empty_stats, too_new
+from chatbot.store.schema import FIELDS, SCHEMA_VERSION, Unavailable, empty_stats, insert_statements, upgrade
 
 LOCK_TIMEOUT = 5.0  # seconds; another process (a second desk, a backup) may hold the lock briefly
 # SQLite keeps ISO 8601 text in UTC; the staff view counts days in Japan time (no DST there).
@@ -35,13 +36,7 @@ STEPS = {
 assert max(STEPS) == SCHEMA_VERSION
 
 
-def _insert_sql(table: str, fields: tuple[str, ...]) -> str:
-    return (f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
-            " ON CONFLICT(uid) DO NOTHING")
-
-
-INSERT = {"question": _insert_sql("questions", FIELDS["question"]),
-          "feedback": _insert_sql("feedback", FIELDS["feedback"])}
+INSERT = insert_statements("?")
 
 
 class SQLiteBackend:
@@ -58,6 +53,17 @@ class SQLiteBackend:
         except (sqlite3.Error, OSError) as e:
             raise Unavailable(f"{type(e).__name__}: {e}") from e
 
+    @contextmanager
+    def _session(self):
+        """A connection for one operation; any SQLite error means "not now" to the log."""
+        db = self._connect()
+        try:
+            yield db
+        except sqlite3.Error as e:
+            raise Unavailable(f"{type(e).__name__}: {e}") from e
+        finally:
+            db.close()
+
     def _version(self, db: sqlite3.Connection) -> int:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "schema_version" in tables:
@@ -65,25 +71,12 @@ class SQLiteBackend:
         return 1 if "questions" in tables else 0  # issue 6's desks wrote version 1 without saying so
 
     def migrate(self) -> tuple[int, int]:
-        db = self._connect()
-        try:
+        with self._session() as db:
             db.execute("BEGIN IMMEDIATE")  # two desks starting together: one migrates, the other waits
             found = self._version(db)
-            if found > SCHEMA_VERSION:
-                db.execute("ROLLBACK")
-                raise Unavailable(too_new(found))
-            for version in range(found + 1, SCHEMA_VERSION + 1):
-                for statement in STEPS[version]:
-                    db.execute(statement)
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            db.execute("DELETE FROM schema_version")
-            db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            upgrade(db.execute, found, STEPS)  # raises for a newer schema; closing rolls back
             db.execute("COMMIT")
             return found, SCHEMA_VERSION
-        except sqlite3.Error as e:
-            raise Unavailable(f"{type(e).__name__}: {e}") from e
-        finally:
-            db.close()
 
     def insert(self, records: list[dict]) -> list[tuple[dict, str]]:
         db = self._connect()
@@ -118,8 +111,7 @@ class SQLiteBackend:
     def stats(self, days: int, top: int) -> dict:
         if not self.path.exists():
             return empty_stats()
-        db = self._connect()
-        try:
+        with self._session() as db:
             if self._version(db) == 0:
                 return empty_stats()
             per_day = db.execute(
@@ -132,10 +124,6 @@ class SQLiteBackend:
                 "SELECT coalesce(sum(helpful), 0), coalesce(sum(1 - helpful), 0), count(*) FROM feedback").fetchone()
             replicas = db.execute(
                 "SELECT coalesce(replica, ''), count(*), max(at) FROM questions GROUP BY 1 ORDER BY 2 DESC").fetchall()
-        except sqlite3.Error as e:
-            raise Unavailable(f"{type(e).__name__}: {e}") from e
-        finally:
-            db.close()
         return {"per_day": [tuple(row) for row in reversed(per_day)], "no_match": [tuple(row) for row in no_match],
                 "helpful": helpful, "unhelpful": unhelpful, "questions": sum(n for _, n, _ in replicas),
                 "feedback": feedback, "replicas": [tuple(r) for r in replicas]}
@@ -143,29 +131,18 @@ class SQLiteBackend:
     def version(self) -> int:
         if not self.path.exists():
             return 0
-        db = self._connect()
-        try:
+        with self._session() as db:
             return self._version(db)
-        except sqlite3.Error as e:
-            raise Unavailable(f"{type(e).__name__}: {e}") from e
-        finally:
-            db.close()
 
     def count(self) -> dict:
-        db = self._connect()
-        try:
+        with self._session() as db:
             if self._version(db) == 0:
                 return {"questions": 0, "feedback": 0}
             return {"questions": db.execute("SELECT count(*) FROM questions").fetchone()[0],
                     "feedback": db.execute("SELECT count(*) FROM feedback").fetchone()[0]}
-        except sqlite3.Error as e:
-            raise Unavailable(f"{type(e).__name__}: {e}") from e
-        finally:
-            db.close()
 
     def clear(self) -> None:
-        db = self._connect()
-        try:
+        with self._session() as db:
             if self._version(db):
                 db.execute("BEGIN IMMEDIATE")
                 db.execute("DELETE FROM questions")
@@ -173,10 +150,6 @@ class SQLiteBackend:
                 db.execute("COMMIT")
                 db.execute("VACUUM")  # deleted text must not linger in free pages
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as e:
-            raise Unavailable(f"{type(e).__name__}: {e}") from e
-        finally:
-            db.close()
 
     def close(self) -> None:
         pass  # a connection per call
