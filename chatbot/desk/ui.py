@@ -12,6 +12,7 @@ Only /search and /feedback are documented APIs; the staff events are undocumente
 from __future__ import annotations
 
 import copy
+from datetime import datetime, timedelta, timezone
 
 import gradio as gr
 
@@ -21,6 +22,7 @@ from chatbot.desk import render
 from chatbot.desk.render import esc
 
 ANY_AUDIENCE = "指定なし"
+JST = timezone(timedelta(hours=9))
 MAYBE_SHOWN = 3
 EXAMPLES = [
     "J-PlatPatで特許を検索したい",
@@ -229,7 +231,7 @@ def _staff_tab(desk) -> dict:
                              elem_id="staff-plot")
         no_match = gr.Dataframe(headers=["該当なしの質問", "回数"], interactive=False, wrap=True,
                                 label="よくある「該当なし」の質問", elem_id="staff-nomatch")
-        desks = gr.Dataframe(headers=["デスク", "質問数", "最後の質問 (UTC)"], interactive=False, wrap=True,
+        desks = gr.Dataframe(headers=["デスク", "質問数", "最後の質問"], interactive=False, wrap=True,
                              label="デスク別（同じデータベースに記録しているデスクすべて）", elem_id="staff-desks")
 
     def analytics():
@@ -249,11 +251,19 @@ def _staff_tab(desk) -> dict:
             [(d, n - m, "該当あり") for d, n, m in s["per_day"]] + [(d, m, "該当なし") for d, n, m in s["per_day"]],
             columns=["日付", "質問数", "結果"])
         return ("\n\n".join(lines), frame, [[q, n] for q, n in s["no_match"]],
-                [[name or "—", n, str(last)[:19]] for name, n, last in s["replicas"]])
+                [[name or "—", n, _japan_time(last)] for name, n, last in s["replicas"]])
 
     outputs = [summary, per_day, no_match, desks]
     refresh.click(analytics, None, outputs, api_name="staff_stats", api_visibility="undocumented")
     return {"fn": analytics, "inputs": None, "outputs": outputs, "api_visibility": "private"}
+
+
+def _japan_time(iso: str) -> str:
+    """The log keeps UTC; the staff read Japan time (UTC+9, no daylight saving)."""
+    try:
+        return datetime.fromisoformat(str(iso)).astimezone(JST).strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return str(iso)
 
 
 def _staff_passage(rows: list[dict], i: int, question: str, titles: dict[str, str]) -> str:
