@@ -29,6 +29,9 @@ Everything started here is stopped and removed on exit, also on failure or Ctrl-
     python bench/replicas.py                       # 8 clients, 60 s, kill at 40%: about 1.5 minutes
     python bench/replicas.py --duration 20 --clients 4 --json /tmp/replicas.json
     python bench/replicas.py --requests-per-client 50 --recover flush
+    python bench/replicas.py --duration 40 --db-outage 12 --json bench/results/replicas_outage.json
+                                                   # PostgreSQL stopped around the kill: desk-a dies
+                                                   # with records only in its spool
 """
 
 from __future__ import annotations
@@ -378,12 +381,17 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=float, default=5.0, help="seconds after the kill counted as its window")
     parser.add_argument("--feedback-every", type=int, default=2, help="feedback on every n-th answer")
     parser.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, seconds")
+    parser.add_argument("--db-outage", type=float, default=0.0, metavar="SECONDS",
+                        help="stop PostgreSQL for this long, centred on the kill: desk-a dies with records "
+                             "only in its spool (default 0: no outage)")
     parser.add_argument("--recover", choices=["restart", "flush"], default="restart",
                         help="how desk-a's spool is written afterwards: restart the desk, or python -m chatbot db flush")
     parser.add_argument("--index-dir", type=Path, help="a built index (default ./index, else one built now)")
     parser.add_argument("--start-timeout", type=float, default=120.0)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
+    if args.db_outage and args.requests_per_client:
+        parser.error("--db-outage needs a timed run (--duration), not --requests-per-client")
     if not os.path.exists(NGINX):
         raise SystemExit(f"{NGINX} is not installed (apt-get install nginx-light)")
     from tests.postgres import Cluster, available
@@ -454,8 +462,24 @@ def main(argv=None) -> int:
         # The kill comes at 40% of the time, or of the questions when the run is counted in questions.
         planned = args.clients * args.requests_per_client
         t_kill = None
+        outage = {"planned_s": args.db_outage, "from": args.kill_at * args.duration - args.db_outage / 2}
+        outage["to"] = outage["from"] + args.db_outage
+        db_states: list[threading.Thread] = []
+
+        def db_switch(action: str) -> None:  # pg_ctl waits for the server: keep the clock loop going
+            outage[action] = round(time.monotonic() - start, 2)
+            db_states.append(threading.Thread(target=getattr(cluster, action)))
+            db_states[-1].start()
+            print(f"  {outage[action]:.1f} s: PostgreSQL {action}", flush=True)
+
         while any(t.is_alive() for t in threads):
             elapsed = time.monotonic() - start
+            if args.db_outage and "stop" not in outage and elapsed >= outage["from"]:
+                db_switch("stop")
+            if args.db_outage and "start" not in outage and elapsed >= outage["to"]:
+                for t in db_states:
+                    t.join()
+                db_switch("start")
             if t_kill is None:
                 if (planned and sum(len(o) for o in outs) >= args.kill_at * planned * (1 + 1 / args.feedback_every)) \
                         or (not planned and elapsed >= args.kill_at * args.duration):
@@ -467,7 +491,7 @@ def main(argv=None) -> int:
                 stop.set()
             time.sleep(0.02)
         t_end = time.monotonic() - start
-        for t in threads:
+        for t in threads + db_states:
             t.join()
         records = [r for o in outs for r in o]
         if t_kill is None:
@@ -574,12 +598,21 @@ def main(argv=None) -> int:
             "ui_through_nginx": ui,
             "killed_desk_spool": spool_info,
             "recovery": recovery,
-            "timeline_s": {"kill": round(t_kill, 2), "end": round(t_end, 2)},
+            "timeline_s": {"kill": round(t_kill, 2), "end": round(t_end, 2),
+                           **({"db_stopped": outage.get("stop"), "db_started": outage.get("start")}
+                              if args.db_outage else {})},
+            "db_outage": ({"seconds": args.db_outage,
+                           "errors_during": sum(bool(r["error"]) for r in records
+                                                if overlaps(r, outage.get("stop", 0), outage.get("start", 0))),
+                           "acknowledged_during": sum(not r["error"] for r in records
+                                                      if overlaps(r, outage.get("stop", 0), outage.get("start", 0)))}
+                          if args.db_outage else None),
             "passed": (after["acknowledged_questions_missing"] == 0 and after["acknowledged_feedback_missing"] == 0
                        and after["questions_stored_twice"] == 0),
             "meta": {"clients": args.clients, "duration_s": args.duration,
                      "requests_per_client": args.requests_per_client, "kill_at": args.kill_at,
                      "feedback_every": args.feedback_every, "recover": args.recover, "run": run,
+                     "db_outage_s": args.db_outage,
                      "desk_start_s": starts, "index_dir": str(index_dir), "index": index_info,
                      "postgresql": pg_version, "nginx_conf": str(NGINX_SNIPPET.relative_to(REPO)),
                      "python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
@@ -619,6 +652,10 @@ def print_summary(r: dict, path: Path) -> None:
         print(f"in PostgreSQL {label}: {d['questions_stored']} questions, {d['feedback_stored']} feedback; "
               f"acknowledged but missing: {d['acknowledged_questions_missing']} questions, "
               f"{d['acknowledged_feedback_missing']} feedback; per replica {d['per_replica']}")
+    if r.get("db_outage"):
+        o, tl = r["db_outage"], r["timeline_s"]
+        print(f"PostgreSQL down from {tl['db_stopped']} s to {tl['db_started']} s (kill at {tl['kill']} s): "
+              f"{o['acknowledged_during']} requests acknowledged and {o['errors_during']} errors meanwhile")
     s = r["killed_desk_spool"]
     print(f"desk-a's spool after the kill: {s['lines']} records ({s['already_stored']} already stored); "
           f"recovery: {r['recovery']['how']} in {r['recovery']['seconds']} s")

@@ -341,11 +341,15 @@ def cmd_db(args) -> None:
             found, now = backend.migrate()
             out.update(schema_before=found, schema=now)
         elif args.action == "flush":
-            out["flushed"] = {}
+            out["flushed"], out["skipped"] = {}, {}
             for path in sorted(data.glob("spool-*.jsonl")) if data.is_dir() else []:
                 if not path.stat().st_size:
                     continue
-                log = store.Log(backend, data, path.stem.removeprefix("spool-"))  # refuses a running desk's
+                try:
+                    log = store.Log(backend, data, path.stem.removeprefix("spool-"))
+                except StoreError as e:  # a running desk writes its own spool
+                    out["skipped"][path.name] = str(e)
+                    continue
                 done = log.flush(60)
                 out["flushed"][path.name] = {"written": log.written, "rejected": log.rejected, "complete": done}
                 log.close(0)
