@@ -43,6 +43,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def lean_index(tmp_path_factory) -> Path:
+    """An index built here with the encoder the desk loads (quicker than a desk's own build), for
+    the tests that start desks of their own."""
+    from chatbot import embed, index
+
+    root = tmp_path_factory.mktemp("lean-index")
+    index.build(REPO / "corpus", root, embed.load_encoder(), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
 def pg_cluster():
     """A throwaway PostgreSQL cluster for the whole session (tests/postgres.py). Without PostgreSQL
     installed the PostgreSQL half of the store tests is skipped, except under CI, where it fails."""

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from chatbot import embed, index
 from desk_process import DeskProcess
 from logdb import Outage, eventually, query, scalar
 
@@ -43,14 +42,6 @@ def post(url: str, api: str, data: list, timeout: float = 30) -> dict:
 
 def search(url: str, question: str, timeout: float = 30) -> dict:
     return post(url, "search", [question, 5, ""], timeout)
-
-
-@pytest.fixture(scope="module")
-def lean_index(tmp_path_factory) -> Path:
-    """An index built here with the encoder the desk loads (quicker than the desk's own build)."""
-    root = tmp_path_factory.mktemp("log-index")
-    index.build(REPO / "corpus", root, embed.load_encoder(), progress=False)
-    return root
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
