@@ -28,6 +28,7 @@ from chatbot.errors import QueryError
 
 MAX_QUERY_CHARS = 1000
 METHODS = ("hybrid", "dense", "bm25")
+DENSE_CANDIDATES = 1_000  # nearest passages asked of an approximate (HNSW) index; see Searcher._dense
 CALIBRATION = Path(__file__).with_name("calibration")  # <model slug>.json and .npz per model
 
 
@@ -232,11 +233,17 @@ class Searcher:
 
     # -- parts ------------------------------------------------------------------------------
     def _dense(self, clean: str) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine of the question with every passage, and the question's vector."""
+        """Cosine of the question with every passage, and the question's vector.
+
+        A graph index (HNSW, above index.APPROX_ABOVE passages) is asked for its nearest
+        DENSE_CANDIDATES only: asked for all n it builds an n-sized result and still reaches only
+        part of the graph. Passages it does not return score as the farthest one it did, so the
+        min-max fusion sees about the spread a flat index gives."""
         q = self.encoder.encode_queries([clean]).astype(np.float32)
-        scores, ids = self.index.dense.search(q, self._all)
-        out = np.full(self._all, -1.0, dtype=np.float32)
+        k = min(self._all, DENSE_CANDIDATES) if hasattr(self.index.dense, "hnsw") else self._all
+        scores, ids = self.index.dense.search(q, k)
         valid = ids[0] >= 0
+        out = np.full(self._all, scores[0][valid].min() if valid.any() else -1.0, dtype=np.float32)
         out[ids[0][valid]] = scores[0][valid]
         return out, q[0]
 
