@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = commands.add_parser("bench", help="run the benchmarks in bench/ and print their figures")
-    p.add_argument("--only", default="search,http,faiss", help="which: search,http,faiss (default: all)")
+    p.add_argument("--only", default="search,http,faiss",
+                   help="which: search,http,faiss,replicas (default: search,http,faiss; replicas needs nginx "
+                        "and PostgreSQL's server installed)")
     p.add_argument("--full", action="store_true", help="FAISS up to 1M vectors (default: 10k and 100k)")
     p.add_argument("--json", action="store_true", help="print the combined JSON only")
     p.set_defaults(func=cmd_bench)
@@ -295,6 +297,7 @@ BENCHES = {  # name → (script, its result file in bench/results/, arguments)
     "search": ("bench/search.py", "search.json", []),
     "http": ("bench/http_load.py", "http_load.json", []),
     "faiss": ("bench/faiss_scale.py", "faiss_scale.json", ["--quick"]),
+    "replicas": ("bench/replicas.py", "replicas.json", []),  # needs nginx and PostgreSQL's server
 }
 
 
