@@ -1,6 +1,7 @@
-"""Shared fixtures: one real desk (`python app.py`) per test session, for the desk and browser tests.
+"""Shared fixtures: a real desk (`python app.py`) for the desk and browser tests, once per log
+backend (SQLite, then a throwaway PostgreSQL), so every desk test runs on both.
 
-The desk starts on an empty index directory, so it builds its own index first (the
+Each desk starts on an empty index directory, so it builds its own index first (the
 build-on-first-start path), on a free port with its data directory in a temporary folder.
 """
 
@@ -30,9 +31,11 @@ class RunningDesk:
     index_dir: Path
     output: list[str]  # the desk's console (stdout and stderr), line by line
     started_in: float
+    log_url: str  # where it logs: read it with tests/logdb.query
 
     @property
     def db(self) -> Path:
+        """The SQLite file (absent when the desk logs to PostgreSQL)."""
         return self.data_dir / "madoguchi.sqlite3"
 
 
@@ -80,15 +83,21 @@ def db_url(request, tmp_path) -> str:
     return cluster.new_database(f"t_{uuid.uuid4().hex[:16]}")
 
 
-@pytest.fixture(scope="session")
-def desk(tmp_path_factory) -> RunningDesk:
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def desk(request, tmp_path_factory) -> RunningDesk:
     root = tmp_path_factory.mktemp("desk")
+    if request.param == "sqlite":
+        log_url, options = f"sqlite:///{root / 'data' / 'madoguchi.sqlite3'}", []
+    else:
+        log_url = request.getfixturevalue("pg_cluster").new_database(f"desk_{uuid.uuid4().hex[:12]}")
+        options = ["--db", log_url]
     port = _free_port()
     env = {**os.environ, "MADOGUCHI_INDEX": str(root / "index"), "PYTHONUNBUFFERED": "1"}
     env.pop("MADOGUCHI_DATA", None)
     env.pop("MADOGUCHI_DB", None)
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port), "--data-dir", str(root / "data")],
+    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port), "--data-dir", str(root / "data"),
+                             *options],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     ready = threading.Event()
@@ -105,7 +114,8 @@ def desk(tmp_path_factory) -> RunningDesk:
         proc.kill()
         pytest.fail("the desk did not start:\n" + "\n".join(output[-30:]))
     try:
-        yield RunningDesk(f"http://127.0.0.1:{port}", root / "data", root / "index", output, time.perf_counter() - started)
+        yield RunningDesk(f"http://127.0.0.1:{port}", root / "data", root / "index", output, time.perf_counter() - started,
+                          log_url)
     finally:
         proc.terminate()
         try:

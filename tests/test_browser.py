@@ -137,7 +137,7 @@ def test_like_is_stored(page, desk):
     page.locator('#desk-chat button:is([aria-label="いいね"], [aria-label="Like"])').last.click()
     page.locator("#desk-thanks", has_text="ありがとうございました").wait_for()
     question, key, helpful = eventually(lambda: query(
-        f"sqlite:///{desk.db}", "SELECT question, key, helpful FROM feedback WHERE channel = 'visitor' ORDER BY id DESC"))[0]
+        desk.log_url, "SELECT question, key, helpful FROM feedback WHERE channel = 'visitor' ORDER BY id DESC"))[0]
     assert question == "起業したばかりで知財の専門家に相談したい" and helpful == 1
     from chatbot import config, corpus
 

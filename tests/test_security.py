@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -141,11 +140,8 @@ def test_store_keeps_only_the_documented_columns(desk):
     from gradio_client import Client
 
     Client(desk.url, verbose=False).predict("今日の天気は？", 5, "", api_name="/search")
-    eventually(desk.db.exists)
-    with sqlite3.connect(desk.db) as db:
-        questions = [row[1] for row in db.execute("PRAGMA table_info(questions)")]
-        feedback = [row[1] for row in db.execute("PRAGMA table_info(feedback)")]
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert eventually(lambda: query(desk.log_url, "SELECT count(*) FROM questions"))
+    tables, questions, feedback = columns(desk.log_url)
     assert tables == {"questions", "feedback", "schema_version"}
     assert questions == ["id", "at", "channel", "question", "context", "audience", "abstained", "ambiguous",
                          "top_key", "elapsed_ms", "uid", "replica"]
@@ -167,7 +163,7 @@ def test_nothing_about_the_caller_reaches_the_log(desk):
     conn.request("GET", f"/gradio_api/call/search/{event_id}", headers=headers)
     assert conn.getresponse().read().startswith(b"event: complete")
     conn.close()
-    url = f"sqlite:///{desk.db}"
+    url = desk.log_url
     eventually(lambda: query(url, "SELECT 1 FROM questions WHERE question = ?", question))
     rows = [" ".join(map(str, row)) for table in ("questions", "feedback")
             for row in query(url, f"SELECT * FROM {table}")]  # noqa: S608 - fixed names
@@ -175,10 +171,20 @@ def test_nothing_about_the_caller_reaches_the_log(desk):
     assert question in everything
     for marker in (marker_ua, marker_cookie, marker_fwd, "tok-9d8e7f", "127.0.0.1"):
         assert marker not in everything
-    files = list(desk.data_dir.iterdir())  # the database and this desk's spool (chatbot/store/log.py)
+    files = list(desk.data_dir.iterdir())  # the SQLite database if used, and this desk's spool (chatbot/store/log.py)
     raw = b"".join(p.read_bytes() for p in files)
     for marker in (marker_ua, marker_cookie, marker_fwd, "tok-9d8e7f"):
         assert marker.encode() not in raw
     names = {p.name for p in files}
     assert names - {"madoguchi.sqlite3", "madoguchi.sqlite3-shm", "madoguchi.sqlite3-wal"} == \
         {n for n in names if n.startswith("spool-") and n.endswith(".jsonl")} and len(names) <= 4
+
+
+def columns(url: str) -> tuple[set[str], list[str], list[str]]:
+    """(tables, columns of questions, columns of feedback) in the log's database, either backend."""
+    if url.startswith("sqlite:///"):
+        tables = {t for (t,) in query(url, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return tables, *([row[1] for row in query(url, f"PRAGMA table_info({t})")] for t in ("questions", "feedback"))
+    tables = {t for (t,) in query(url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+    return tables, *([c for (c,) in query(url, "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
+                                            " ORDER BY ordinal_position", t)] for t in ("questions", "feedback"))
