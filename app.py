@@ -52,8 +52,8 @@ def open_searcher():
         print(f"madoguchi: {e}\nmadoguchi: building the index in {config.index_dir()} (about half a minute)…",
               file=sys.stderr, flush=True)
         builder = embed.load_encoder(config.model_name(), runtime="sentence-transformers")
-        index.build(config.corpus_dir(), config.index_dir(), builder, progress=True)
-        built = index.load(config.index_dir(), corpus_dir=config.corpus_dir(), model_id=encoder.model_id)
+        # reuse_current: a desk started alongside may have built it while this one waited for the lock
+        built = index.build(config.corpus_dir(), config.index_dir(), builder, progress=True, reuse_current=True)
     return search.Searcher(built, encoder)
 
 

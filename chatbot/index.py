@@ -15,6 +15,7 @@ for: a stale or mismatched index is refused with the command to run, never used 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from chatbot import __version__, corpus, passages, text
 from chatbot.errors import IndexStateError
 
 FORMAT = 1
+LOCK = ".build-lock"  # held while a build runs (see build)
 # Above this many passages an approximate FAISS index (HNSW) replaces the flat one. Measured by
 # bench/faiss_scale.py (384-d, this 2-core machine, 2026-11-25): flat p95 per single query with
 # one FAISS thread 2.8 ms at 50k, 6.2 ms at 100k (with two threads 7.6 / 15 ms, and far worse
@@ -77,21 +79,45 @@ def current(index_root: Path) -> Path | None:
 
 
 def build(corpus_dir: Path, index_root: Path, encoder, *, max_chars: int = passages.DEFAULT_MAX_CHARS,
-          progress: bool = True) -> Index:
-    """Parse the corpus, embed and index its passages, and switch CURRENT to the new build."""
+          progress: bool = True, reuse_current: bool = False) -> Index:
+    """Parse the corpus, embed and index its passages, and switch CURRENT to the new build.
+
+    One build at a time per index directory (a lock file): desks started together on a stale
+    index each rebuilt it, and each removed the others' half-written builds as leftovers. With
+    `reuse_current`, an index that is current once the lock is held (another desk built it
+    meanwhile) is loaded instead of built again."""
+    index_root = Path(index_root)
+    try:
+        index_root.mkdir(parents=True, exist_ok=True)
+        lock = open(index_root / LOCK, "a")
+    except OSError as e:
+        raise _unwritable(index_root, e) from e
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if reuse_current:
+            try:
+                return load(index_root, corpus_dir=corpus_dir, model_id=encoder.model_id)
+            except IndexStateError:
+                pass
+        return _build(corpus_dir, index_root, encoder, max_chars, progress)
+
+
+def _unwritable(index_root: Path, e: OSError) -> IndexStateError:
+    return IndexStateError(f"cannot write the index in {index_root}: {e.strerror}; "
+                           "set MADOGUCHI_INDEX to a writable directory")
+
+
+def _build(corpus_dir: Path, index_root: Path, encoder, max_chars: int, progress: bool) -> Index:
     import bm25s
     import faiss
 
     started = time.perf_counter()
     programmes = corpus.load(corpus_dir)
     items = passages.split(programmes, max_chars)
-    index_root = Path(index_root)
     try:
-        index_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=index_root))
     except OSError as e:
-        raise IndexStateError(f"cannot write the index in {index_root}: {e.strerror}; "
-                              "set MADOGUCHI_INDEX to a writable directory") from e
+        raise _unwritable(index_root, e) from e
     try:
         vectors = encoder.encode_passages([p.embedded for p in items], show_progress=progress)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)

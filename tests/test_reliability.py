@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -442,3 +443,27 @@ def test_desk_start_rebuilds_over_a_damaged_index(built, tmp_path):
         assert index.load(root, corpus_dir=REPO / "corpus").root.name != built.root.name
     finally:
         desk.stop()
+
+
+def test_desks_started_together_on_a_stale_index_build_it_once(built, tmp_path):
+    """Two desks on one empty index directory: each used to rebuild it, and the first to finish
+    removed the other's half-written build as a leftover. Builds now take turns under a lock, and
+    the second desk loads what the first built."""
+    root = tmp_path / "index"
+    starting = [threading.Thread(target=lambda i=i: desks.__setitem__(i, DeskProcess(root, tmp_path / f"data{i}")))
+                for i in range(2)]
+    desks: dict[int, DeskProcess] = {}
+    for t in starting:
+        t.start()
+    for t in starting:
+        t.join()
+    try:
+        assert len(desks) == 2, "a desk did not start"
+        for desk in desks.values():
+            out = raw_call(desk, "search", ["J-PlatPatで特許を検索したい", 3, ""])[1][0]
+            assert out["results"][0]["key"] == "6.(1)"
+        builds = [p.name for p in root.iterdir() if p.name.startswith(("b-", ".tmp-"))]
+        assert len(builds) == 1, builds
+    finally:
+        for desk in desks.values():
+            desk.stop()
