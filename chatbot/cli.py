@@ -353,6 +353,9 @@ def cmd_db(args) -> None:
                 except StoreError as e:  # a running desk writes its own spool
                     out["skipped"][path.name] = str(e)
                     continue
+                if log.spool_error:  # it could not even open the spool: nothing was read from it
+                    log.close(0)
+                    raise StoreError(f"cannot read {path}: {log.spool_error}")
                 done = log.flush(60)
                 out["flushed"][path.name] = {"written": log.written, "rejected": log.rejected, "complete": done}
                 log.close(0)

@@ -25,4 +25,5 @@ class QueryError(MadoguchiError):
 
 
 class StoreError(MadoguchiError):
-    """The log's database is configured wrongly (bad URL, a schema newer than this desk)."""
+    """The log cannot be set up as configured (a bad database URL, a replica name already running).
+    A database that is down, or has a newer schema, is not an error: the desk answers and waits."""

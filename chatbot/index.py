@@ -92,8 +92,15 @@ def build(corpus_dir: Path, index_root: Path, encoder, *, max_chars: int = passa
         lock = open(index_root / LOCK, "a")
     except OSError as e:
         raise _unwritable(index_root, e) from e
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    with lock:  # the lock is released when the file closes, also if this process dies
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"madoguchi: another build of {index_root} is running; waiting for it", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as e:  # a file system without locks: build anyway, as before there was a lock
+            print(f"madoguchi: cannot lock {index_root / LOCK} ({e.strerror}); building without it",
+                  file=sys.stderr, flush=True)
         if reuse_current:
             try:
                 return load(index_root, corpus_dir=corpus_dir, model_id=encoder.model_id)

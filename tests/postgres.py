@@ -60,9 +60,13 @@ class Cluster:
         if os.geteuid() == 0:
             self._user = pwd.getpwnam("postgres")
             os.chown(self.root, self._user.pw_uid, self._user.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8")
-        self.start()
-        self._run("createdb", "-h", str(self.root), "-p", str(self.port), "-U", USER, USER)
+        try:
+            self._run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8")
+            self.start()
+            self._run("createdb", "-h", str(self.root), "-p", str(self.port), "-U", USER, USER)
+        except BaseException:
+            self.remove()
+            raise
 
     @property
     def url(self) -> str:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -304,3 +305,122 @@ def _apply(url: str, backend, version: int) -> None:
     for v in range(1, version + 1):
         for statement in module.STEPS[v]:
             _execute(url, statement)
+
+
+# -- what a damaged spool or a changed database must not do (found in review) ---------------------
+
+def _spool_line(kind: str = "question", **fields) -> str:
+    record = {"uid": uuid.uuid4().hex, "kind": kind, "at": "2026-11-25T00:00:00.000+00:00", "replica": "desk-1",
+              "channel": "api", "question": "spooled", "context": None, "audience": None, "abstained": True,
+              "ambiguous": False, "top_key": None, "elapsed_ms": None, **fields}
+    if kind == "feedback":
+        record = {k: record.get(k) for k in schema.FEEDBACK_FIELDS} | {"kind": "feedback", "key": "", "helpful": False}
+    return json.dumps(record, ensure_ascii=False)
+
+
+def test_a_damaged_spool_is_set_aside_line_by_line_and_the_rest_written(db_url, tmp_path, request):
+    """Unreadable, foreign and torn lines: the writer used to die on them (KeyError), count them
+    again on every retry while the database was down (pending went negative), or spin on a torn
+    last line whose seal was never flushed."""
+    cluster = request.getfixturevalue("pg_cluster") if db_url.startswith("postgresql") else None
+    store.open_backend(db_url, tmp_path).migrate()
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [_spool_line(question="first"), "garbage line", json.dumps({"uid": "c" * 32, "kind": "feedback"}),
+             json.dumps([1, 2]), _spool_line(question="second"), _spool_line("feedback", question="third")]
+    (data / "spool-desk-1.jsonl").write_text("\n".join(lines) + '\n{"uid": "torn', encoding="utf-8")
+    log = None
+    try:
+        with Outage(db_url, cluster):
+            log = store.open_store(db_url, data, "desk-1")
+            assert eventually(lambda: log.last_error, timeout=10)
+            time.sleep(2)  # several retries while the database is away
+            assert log.status()["pending"] == 7  # six lines and the sealed torn one, none counted twice
+        assert log.flush(20), log.status()
+        assert log.status()["rejected"] == 4 and log.last_error == ""
+    finally:
+        if log is not None:
+            log.close(2)
+    assert sorted(q for (q,) in query(db_url, "SELECT question FROM questions")) == ["first", "second"]
+    assert query(db_url, "SELECT question FROM feedback") == [("third",)]
+    set_aside = [json.loads(line) for line in (data / "rejected-desk-1.jsonl").read_text().splitlines()]
+    assert len(set_aside) == 4 and all(r["reason"] for r in set_aside)
+    assert (data / "spool-desk-1.jsonl").stat().st_size == 0
+
+
+def test_a_changed_database_delays_records_instead_of_refusing_them(db_url, tmp_path):
+    """Without the unique index ON CONFLICT (uid) is invalid: that is the database's state, not the
+    record's fault, so the records wait (they used to be set aside one by one)."""
+    log = store.open_store(db_url, tmp_path / "data", "desk-1")
+    try:
+        assert log.wait_ready(15)
+        _execute(db_url, "DROP INDEX feedback_uid")
+        log.log_feedback("api", "waits", "", True)
+        assert eventually(lambda: log.last_error, timeout=10)
+        assert log.status()["rejected"] == 0 and log.status()["pending"] == 1
+        _execute(db_url, "CREATE UNIQUE INDEX feedback_uid ON feedback (uid)")
+        assert log.flush(20), log.status()
+    finally:
+        log.close(2)
+    assert query(db_url, "SELECT question FROM feedback") == [("waits",)]
+
+
+def test_a_spool_that_keeps_growing_is_compacted(db_url, tmp_path, request, monkeypatch):
+    """A writer that never quite catches up rewrites the unwritten tail instead of letting the
+    spool grow (it was emptied only when fully caught up)."""
+    from chatbot.store import log as log_module
+
+    cluster = request.getfixturevalue("pg_cluster") if db_url.startswith("postgresql") else None
+    monkeypatch.setattr(log_module, "BATCH", 5)
+    monkeypatch.setattr(log_module, "COMPACT_BYTES", 1000)
+    log = store.open_store(db_url, tmp_path / "data", "desk-1")
+    try:
+        assert log.wait_ready(15)
+        with Outage(db_url, cluster):
+            for i in range(60):
+                log.log_question("api", f"backlog {i}", NO_MATCH)
+            first_inode = log.spool_path.stat().st_ino
+        assert log.flush(30), log.status()
+        assert eventually(lambda: log.spool_path.stat().st_size == 0)
+        assert log.spool_path.stat().st_ino != first_inode  # rewritten at least once on the way
+    finally:
+        log.close(2)
+    assert scalar(db_url, "SELECT count(DISTINCT question) FROM questions") == 60
+
+
+def test_a_role_that_may_only_read_and_insert_can_log(pg_cluster, tmp_path):
+    """After a DBA migrated the schema, a desk role with SELECT and INSERT only: every start used to
+    run DDL and fail for good (PostgreSQL 15 gives ordinary roles no CREATE on public)."""
+    import psycopg
+
+    url = pg_cluster.new_database(f"t_{uuid.uuid4().hex[:16]}")
+    store.open_backend(url, tmp_path).migrate()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE ROLE desk LOGIN")
+        conn.execute("GRANT SELECT, INSERT ON questions, feedback, schema_version TO desk")
+    desk_url = url.replace("madoguchi@", "desk@", 1)
+    log = store.open_store(desk_url, tmp_path / "data", "desk-1")
+    try:
+        log.log_question("api", "inserted by desk", NO_MATCH)
+        assert log.flush(15), log.status()
+    finally:
+        log.close(2)
+    assert query(url, "SELECT question FROM questions") == [("inserted by desk",)]
+
+
+def test_passwords_stay_out_of_errors(tmp_path):
+    backend = store.open_backend("postgresql://desk:bad%zzpw@127.0.0.1:1/x", tmp_path)
+    with pytest.raises(store.Unavailable) as caught:
+        backend.migrate()
+    assert "bad%zzpw" not in str(caught.value) and "zzpw" not in str(caught.value)
+    with pytest.raises(StoreError) as caught:
+        store.open_backend("madoguchi:s3cret@db.example/madoguchi", tmp_path)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_status_check_creates_nothing(tmp_path):
+    missing = tmp_path / "typo" / "madoguchi.sqlite3"
+    backend = store.open_backend(f"sqlite:///{missing}", tmp_path)
+    assert backend.count() == {"questions": 0, "feedback": 0} and backend.version() == 0
+    backend.clear()
+    assert not (tmp_path / "typo").exists()

@@ -42,8 +42,8 @@ def open_backend(url: str | None, data_dir: Path, application_name: str = "madog
         except ImportError as e:  # psycopg is in requirements.txt; a trimmed install may lack it
             raise StoreError(f"PostgreSQL needs psycopg 3 ({e}): pip install -r requirements.txt") from e
         return PostgresBackend(url, application_name)
-    raise StoreError(f"unknown database URL {url.split('://')[0]!r}://…: use sqlite:///PATH or "
-                     "postgresql://USER@HOST:PORT/DATABASE")
+    kind = f"{url.split('://')[0]!r}://…" if "://" in url else "(no scheme://)"  # never echo the rest: a password
+    raise StoreError(f"unknown database URL {kind}: use sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE")
 
 
 def open_store(url: str | None, data_dir: Path, replica: str) -> Log:

@@ -9,11 +9,13 @@ stored. So:
 - while the database is down, records wait in the spool (on disk, not in memory) and the writer
   retries with back-off; the staff view and the console say so;
 - a desk killed at any moment leaves its spool behind: it is written out when the desk starts again
-  (or by `python -m chatbot db flush`). A record written twice is stored once (its uid is unique).
+  (or by `python -m chatbot db flush`). A record written twice is stored once (its uid is unique);
+- a record the database refuses for its content, or a spool line that cannot be read, is set aside
+  in <data-dir>/rejected-<replica>.jsonl with the reason: never dropped, never blocking the rest.
 The guarantee: every acknowledged record reaches the database once the database is reachable and the
 spool has been drained, unless the desk's own disk is lost. If the spool itself cannot be written
-(unwritable data directory), records are kept in memory (up to MEMORY_LIMIT) and the staff view
-warns that they would not survive a restart.
+(unwritable data directory, full disk), records are kept in memory (up to MEMORY_LIMIT), the staff
+view warns that they would not survive a restart, and the spool is tried again every few seconds.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from pathlib import Path
 
 from chatbot import text
 from chatbot.errors import StoreError
-from chatbot.store.schema import Backend, Unavailable, empty_stats
+from chatbot.store.schema import FIELDS, Backend, Unavailable, empty_stats
 
 BATCH = 500
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)  # back-off while the database is unavailable
 MEMORY_LIMIT = 10_000
+SPOOL_RETRY_SECONDS = 5  # after a failed spool write, how soon to try the file again
+COMPACT_BYTES = 1 << 20  # a writer this far into a spool that keeps growing rewrites the unwritten tail
 
 
 class Log:
@@ -44,6 +48,7 @@ class Log:
         self.replica = replica
         name = re.sub(r"[^A-Za-z0-9._-]", "_", replica)[:80] or "desk"
         self.spool_path = Path(data_dir) / f"spool-{name}.jsonl"
+        self.lock_path = Path(data_dir) / f"spool-{name}.lock"  # one desk per replica name and data directory
         self.rejected_path = Path(data_dir) / f"rejected-{name}.jsonl"
         self.last_error = ""       # shown in the staff view; empty when all is well
         self.spool_error = ""
@@ -52,10 +57,11 @@ class Log:
         self.schema: tuple[int, int] | None = None  # (version found, version now) after the first migration
         self._lock = threading.Condition()  # the spool, the memory list and the counters
         self._memory: list[dict] = []
-        self._pending = 0   # acknowledged, not yet in the database
+        self._pending = 0   # acknowledged, not yet in the database (nor set aside)
         self._offset = 0    # bytes of the spool already in the database
-        self._size = 0
-        self._spool = self._reader = None
+        self._size = 0      # bytes of the spool written (flushed and fsynced)
+        self._spool = self._reader = self._lockfile = None
+        self._spool_failed_at = 0.0
         self._closing = False
         self._stop = threading.Event()  # wakes the writer from its back-off when the desk closes
         self._open_spool()
@@ -105,7 +111,7 @@ class Log:
         """Wait until every acknowledged record is in the database (or the timeout passes)."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._pending:
+            while self._pending > 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -121,38 +127,69 @@ class Log:
         self._stop.set()
         self._thread.join(timeout)
         with self._lock:
-            for handle in (self._spool, self._reader):
-                if handle is not None:
-                    handle.close()
-            self._spool = self._reader = None
+            self._detach_spool()
+            if self._lockfile is not None:
+                self._lockfile.close()  # releases the replica name
+                self._lockfile = None
         getattr(self.backend, "close", lambda: None)()
 
     # -- the spool -----------------------------------------------------------------------------
 
     def _open_spool(self) -> None:
+        """Take the replica's lock, then open the spool, replaying what a stopped desk left in it."""
         try:
             self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-            spool = open(self.spool_path, "ab")
+            lockfile = open(self.lock_path, "ab")
         except OSError as e:
             self._spool_failed(e)
             return
         try:
-            fcntl.flock(spool, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            spool.close()
+            lockfile.close()
             raise StoreError(f"another desk is running as replica {self.replica!r} with {self.spool_path}: "
                              "give each desk its own --replica name (or data directory)") from None
-        size = spool.seek(0, os.SEEK_END)
-        if size:  # left by a desk that stopped before writing it out: replay it
+        self._lockfile = lockfile
+        try:
+            self._attach_spool()
+        except OSError as e:
+            self._spool_failed(e)
+            return
+        if self._size:  # left by a desk that stopped before writing it out: replay it
             with open(self.spool_path, "rb") as f:
-                data = f.read()
-            if not data.endswith(b"\n"):  # a write torn by a crash was never acknowledged; seal it off
-                spool.write(b"\n")
-                size += 1
-            self._pending = data.count(b"\n") + (not data.endswith(b"\n"))
+                self._pending = f.read().count(b"\n")
             print(f"madoguchi log: {self._pending} records left in {self.spool_path} will be written to "
                   f"{self.backend.label}", file=sys.stderr, flush=True)
-        self._spool, self._reader, self._size = spool, open(self.spool_path, "rb"), size
+
+    def _attach_spool(self) -> None:
+        """Open the spool for appending and reading (with the lock held, or from __init__)."""
+        spool = open(self.spool_path, "ab")
+        try:
+            size = spool.seek(0, os.SEEK_END)
+            if size:
+                with open(self.spool_path, "rb") as f:
+                    f.seek(size - 1)
+                    torn = f.read(1) != b"\n"
+                if torn:  # a write cut short (crash, full disk) was never acknowledged: seal it off
+                    spool.write(b"\n")
+                    spool.flush()
+                    os.fsync(spool.fileno())
+                    size += 1
+            reader = open(self.spool_path, "rb")
+        except OSError:
+            spool.close()
+            raise
+        self._spool, self._reader, self._size = spool, reader, size
+        self.spool_error = ""
+
+    def _detach_spool(self) -> None:
+        for handle in (self._spool, self._reader):
+            if handle is not None:
+                try:
+                    handle.close()
+                except OSError:
+                    pass
+        self._spool = self._reader = None
 
     def _record(self, kind: str, **fields) -> str:
         for k, v in fields.items():
@@ -162,6 +199,15 @@ class Log:
                   "replica": self.replica, **fields}
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
+            if self._closing:  # nothing would write it any more
+                return ""
+            if self._spool is None and self._lockfile is not None \
+                    and time.monotonic() - self._spool_failed_at > SPOOL_RETRY_SECONDS:
+                try:
+                    self._attach_spool()
+                    print(f"madoguchi log: writing the spool {self.spool_path} again", file=sys.stderr, flush=True)
+                except OSError as e:
+                    self._spool_failed(e)
             if self._spool is not None:
                 try:
                     self._spool.write(line)
@@ -183,35 +229,58 @@ class Log:
             return record["uid"]
 
     def _spool_failed(self, e: OSError) -> None:
-        if self._spool is not None:
-            try:
-                self._spool.close()
-            except OSError:
-                pass
-        self._spool = None
+        self._detach_spool()
+        self._spool_failed_at = time.monotonic()
         self.spool_error = (f"{_clock()} 控えファイル {self.spool_path} に書けません（{type(e).__name__}: {e}）。"
                             "記録はメモリ上にあり、このデスクが止まると失われます")
-        print(f"madoguchi log: cannot write the spool {self.spool_path} ({e}); keeping records in memory",
-              file=sys.stderr, flush=True)
+        _say(f"cannot write the spool {self.spool_path} ({e}); keeping records in memory")
 
-    def _next_batch(self) -> tuple[list[dict], str, int]:
-        """(records, where from, spool offset after them); called with the lock held."""
+    def _next_batch(self) -> tuple[list[dict], list[tuple[object, str]], str, int]:
+        """(records, unusable lines with the reason, where from, spool offset after them); with the
+        lock held. A line is unusable when it is not a record this desk could have written (a line
+        torn by a crash and sealed off, or a damaged file)."""
         if self._memory:
-            return self._memory[:BATCH], "memory", self._offset
+            return self._memory[:BATCH], [], "memory", self._offset
         if self._reader is None or self._offset >= self._size:
-            return [], "", self._offset
+            return [], [], "", self._offset
         self._reader.seek(self._offset)
-        records, offset = [], self._offset
-        while len(records) < BATCH and offset < self._size:
+        records, unusable, offset = [], [], self._offset
+        while len(records) + len(unusable) < BATCH and offset < self._size:
             line = self._reader.readline()
             if not line.endswith(b"\n"):
                 break
             offset += len(line)
             try:
-                records.append(json.loads(line))
-            except ValueError:  # a torn line sealed off at start: it was never acknowledged
-                self._pending -= 1
-        return records, "spool", offset
+                record = json.loads(line)
+            except (ValueError, RecursionError) as e:
+                unusable.append((line.decode("utf-8", "replace"), f"unreadable spool line: {type(e).__name__}"))
+                continue
+            problem = _problem(record)
+            if problem:
+                unusable.append((record, problem))
+            else:
+                records.append(record)
+        return records, unusable, "spool", offset
+
+    def _compact(self) -> None:
+        """Rewrite the spool from the writer's offset on (with the lock held): under steady load on a
+        slow database the writer never quite catches up, and the spool would only grow."""
+        tmp = self.spool_path.with_name(self.spool_path.name + ".tmp")
+        try:
+            self._reader.seek(self._offset)
+            tail = self._reader.read(self._size - self._offset)
+            with open(tmp, "wb") as f:
+                f.write(tail)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.spool_path)  # the replica's lock is on its own file: still held
+            self._detach_spool()
+            self._attach_spool()
+            self._offset = 0
+        except OSError as e:  # keep the old spool; try again at the next batch
+            _say(f"could not compact the spool {self.spool_path} ({e})")
+            if self._spool is None:
+                self._spool_failed(e)
 
     # -- the writer thread ---------------------------------------------------------------------
 
@@ -224,37 +293,41 @@ class Log:
                     self._lock.wait()
                 if self._closing:
                     return
-                batch, source, offset = self._next_batch()
+                batch, unusable, source, offset = self._next_batch()
             try:
                 if self.schema is None:
                     self.schema = self.backend.migrate()
                 rejected = self.backend.insert(batch) if batch else []
-            except Unavailable as e:
+                for record, reason in [*rejected, *unusable]:
+                    self._set_aside(record, reason)
+            except Exception as e:  # noqa: BLE001 - nothing may stop the writer: report, back off, retry
                 self.schema = None  # migrate again on reconnecting: the database may have been replaced
-                self._failed(e)
+                self._failed(e if isinstance(e, Unavailable) else f"{type(e).__name__}: {e}")
                 self._stop.wait(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
                 failures += 1
                 continue
             if failures or self.last_error:
-                print(f"madoguchi log: writing to {self.backend.label} again", file=sys.stderr, flush=True)
+                _say(f"writing to {self.backend.label} again")
             failures = 0
             self.last_error = ""
             self.down_since = None
-            for record, reason in rejected:
-                self._reject(record, reason)
             with self._lock:
                 if source == "memory":
                     del self._memory[:len(batch)]
                 else:
                     self._offset = offset
-                self._pending -= len(batch)
+                self._pending -= len(batch) + len(unusable)
                 self.written += len(batch) - len(rejected)
                 if self._spool is not None and self._offset >= self._size and self._size:
                     self._spool.truncate(0)  # everything spooled is stored: start the spool afresh
                     self._offset = self._size = 0
+                elif self._spool is not None and self._offset >= COMPACT_BYTES:
+                    self._compact()
                 self._lock.notify_all()
+                if source and not batch and not unusable:  # nothing complete to read yet: do not spin
+                    self._lock.wait(1.0)
 
-    def _failed(self, e: Exception) -> None:
+    def _failed(self, e: object) -> None:
         first = self.down_since is None
         if first:
             self.down_since = time.time()
@@ -264,19 +337,45 @@ class Log:
                            f"未書き込みの記録 {pending} 件は控え（{self.spool_path.name}）に保存済みで、"
                            "つながりしだい書き込みます")
         if first:
-            print(f"madoguchi log: cannot write to {self.backend.label}: {e}; {pending} records wait in "
-                  f"{self.spool_path}, retrying", file=sys.stderr, flush=True)
+            _say(f"cannot write to {self.backend.label}: {e}; {pending} records wait in {self.spool_path}, retrying")
 
-    def _reject(self, record: dict, reason: str) -> None:
-        """A record the database refuses for its content: set aside (never silently dropped)."""
-        self.rejected += 1
-        print(f"madoguchi log: the database refused record {record.get('uid')} ({reason}); kept in "
-              f"{self.rejected_path}", file=sys.stderr, flush=True)
+    def _set_aside(self, record: object, reason: str) -> None:
+        """A record the database refuses for its content, or an unusable spool line: kept in the
+        rejected file with the reason. If even that cannot be written, nothing moves on (Unavailable)."""
         try:
             with open(self.rejected_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"reason": reason, "record": record}, ensure_ascii=False) + "\n")
-        except OSError:
-            pass
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise Unavailable(f"cannot set a refused record aside in {self.rejected_path}: {e}") from e
+        self.rejected += 1
+        _say(f"set aside a record ({reason}) in {self.rejected_path}")
+
+
+def _problem(record: object) -> str:
+    """Why a spool line is not a record this desk writes ("" if it is one)."""
+    if not isinstance(record, dict) or record.get("kind") not in FIELDS:
+        return "not a record"
+    missing = [f for f in FIELDS[record["kind"]] if f not in record]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        uuid.UUID(str(record["uid"]))
+        datetime.fromisoformat(str(record["at"]))
+    except ValueError as e:
+        return f"bad uid or time: {e}"
+    if not isinstance(record.get("question"), str):
+        return "no question text"
+    return ""
+
+
+def _say(message: str) -> None:
+    """One line on the console; a closed stderr must not stop the writer."""
+    try:
+        print(f"madoguchi log: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _clock() -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
@@ -37,14 +37,16 @@ assert max(STEPS) == SCHEMA_VERSION
 
 
 INSERT = insert_statements("%s")
-# Errors that say nothing about a record: the server is down, restarting, or refusing connections.
-UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable,
-               psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)
+# What says "this record" (bad data, a constraint): only these set one record aside. Anything else
+# (connection, privileges, a changed schema) says "this database, now": the records wait.
+REFUSED = (psycopg.DataError, psycopg.IntegrityError, ValueError)
 
 
 def masked(url: str) -> str:
     """The URL without its password (in the netloc or as ?password=)."""
     parts = urlsplit(url)
+    if parts.password is None and "password" not in parts.query:
+        return url
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
@@ -56,6 +58,7 @@ class PostgresBackend:
     def __init__(self, url: str, application_name: str = "madoguchi"):
         self.url = url
         self.label = masked(url)
+        self._secrets = _secrets(url)
         self.application_name = application_name[:63]
         self._conn: psycopg.Connection | None = None  # the writer's; the writer thread alone uses it
 
@@ -64,7 +67,7 @@ class PostgresBackend:
             return psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, application_name=self.application_name,
                                    options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
         except psycopg.Error as e:
-            raise Unavailable(_describe(e)) from e
+            raise Unavailable(self._describe(e)) from e
 
     def _writer(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -89,21 +92,19 @@ class PostgresBackend:
             return found, SCHEMA_VERSION
         except psycopg.Error as e:
             self._drop_writer()
-            raise Unavailable(_describe(e)) from e
+            raise Unavailable(self._describe(e)) from e
 
     def insert(self, records: list[dict]) -> list[tuple[dict, str]]:
         conn = self._writer()
         try:
             try:
                 with conn.transaction(), conn.cursor() as cur:
-                    for kind in ("question", "feedback"):
+                    for kind in INSERT:
                         rows = [_row(r) for r in records if r["kind"] == kind]
                         if rows:
                             cur.executemany(INSERT[kind], rows)
                 return []
-            except UNAVAILABLE:
-                raise
-            except (psycopg.Error, ValueError):  # some record's content (e.g. a NUL byte): find which
+            except REFUSED:  # some record's content (e.g. a value out of range): find which
                 pass
             rejected = []
             with conn.transaction():
@@ -111,14 +112,12 @@ class PostgresBackend:
                     try:
                         with conn.transaction():  # a savepoint per record
                             conn.execute(INSERT[r["kind"]], _row(r))
-                    except UNAVAILABLE:
-                        raise
-                    except (psycopg.Error, ValueError) as e:
+                    except REFUSED as e:
                         rejected.append((r, f"{type(e).__name__}: {e}"))
             return rejected
-        except UNAVAILABLE as e:
+        except psycopg.Error as e:
             self._drop_writer()
-            raise Unavailable(_describe(e)) from e
+            raise Unavailable(self._describe(e)) from e
 
     def _read(self, queries: list[tuple[str, tuple]]) -> list[list[tuple]]:
         try:
@@ -127,7 +126,7 @@ class PostgresBackend:
                     return []
                 return [conn.execute(sql, params).fetchall() for sql, params in queries]
         except psycopg.Error as e:
-            raise Unavailable(_describe(e)) from e
+            raise Unavailable(self._describe(e)) from e
 
     def stats(self, days: int, top: int) -> dict:
         got = self._read([
@@ -151,7 +150,7 @@ class PostgresBackend:
             with self._connect() as conn:
                 return _version(conn)
         except psycopg.Error as e:
-            raise Unavailable(_describe(e)) from e
+            raise Unavailable(self._describe(e)) from e
 
     def count(self) -> dict:
         got = self._read([("SELECT (SELECT count(*) FROM questions), (SELECT count(*) FROM feedback)", ())])
@@ -164,10 +163,17 @@ class PostgresBackend:
                 if _version(conn):
                     conn.execute("TRUNCATE questions, feedback")
         except psycopg.Error as e:
-            raise Unavailable(_describe(e)) from e
+            raise Unavailable(self._describe(e)) from e
 
     def close(self) -> None:
         self._drop_writer()
+
+    def _describe(self, e: Exception) -> str:
+        """The error's first line, without the password (libpq quotes parts of a URL it cannot parse)."""
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return f"{type(e).__name__}: {message}"
 
 
 def _version(conn: psycopg.Connection) -> int:
@@ -192,5 +198,6 @@ def _row(r: dict) -> tuple:
     return tuple(out)
 
 
-def _describe(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+def _secrets(url: str) -> list[str]:
+    password = urlsplit(url).password if "://" in url else None
+    return [p for p in {password, unquote(password or "")} if p]

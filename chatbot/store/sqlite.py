@@ -37,6 +37,8 @@ assert max(STEPS) == SCHEMA_VERSION
 
 
 INSERT = insert_statements("?")
+# What says "this record", not "this database": only these set one record aside.
+REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, ValueError)
 
 
 class SQLiteBackend:
@@ -45,12 +47,15 @@ class SQLiteBackend:
         self.label = f"sqlite:///{self.path}"
 
     def _connect(self) -> sqlite3.Connection:
+        db = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             return db
         except (sqlite3.Error, OSError) as e:
+            if db is not None:
+                db.close()
             raise Unavailable(f"{type(e).__name__}: {e}") from e
 
     @contextmanager
@@ -87,10 +92,10 @@ class SQLiteBackend:
                     db.execute(INSERT[r["kind"]], _row(r))
                 db.execute("COMMIT")
                 return []
-            except sqlite3.OperationalError as e:  # locked, read-only, disk full, missing table
-                raise Unavailable(f"{type(e).__name__}: {e}") from e
-            except (sqlite3.Error, ValueError):  # some record's content: find which, keep the rest
+            except REFUSED:  # some record's content: find which, keep the rest
                 db.execute("ROLLBACK")
+            except sqlite3.Error as e:  # locked, read-only, disk full, missing table, damaged file
+                raise Unavailable(f"{type(e).__name__}: {e}") from e
             rejected = []
             db.execute("BEGIN IMMEDIATE")
             for r in records:
@@ -98,11 +103,11 @@ class SQLiteBackend:
                     db.execute("SAVEPOINT one")
                     db.execute(INSERT[r["kind"]], _row(r))
                     db.execute("RELEASE one")
-                except sqlite3.OperationalError as e:
-                    raise Unavailable(f"{type(e).__name__}: {e}") from e
-                except (sqlite3.Error, ValueError) as e:
+                except REFUSED as e:
                     db.execute("ROLLBACK TO one")
                     rejected.append((r, f"{type(e).__name__}: {e}"))
+                except sqlite3.Error as e:
+                    raise Unavailable(f"{type(e).__name__}: {e}") from e
             db.execute("COMMIT")
             return rejected
         finally:
@@ -135,6 +140,8 @@ class SQLiteBackend:
             return self._version(db)
 
     def count(self) -> dict:
+        if not self.path.exists():  # a status check must not create the database
+            return {"questions": 0, "feedback": 0}
         with self._session() as db:
             if self._version(db) == 0:
                 return {"questions": 0, "feedback": 0}
@@ -142,6 +149,8 @@ class SQLiteBackend:
                     "feedback": db.execute("SELECT count(*) FROM feedback").fetchone()[0]}
 
     def clear(self) -> None:
+        if not self.path.exists():
+            return
         with self._session() as db:
             if self._version(db):
                 db.execute("BEGIN IMMEDIATE")
