@@ -8,11 +8,7 @@ build-on-first-start path), on a free port with its data directory in a temporar
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,19 +26,12 @@ class RunningDesk:
     data_dir: Path
     index_dir: Path
     output: list[str]  # the desk's console (stdout and stderr), line by line
-    started_in: float
     log_url: str  # where it logs: read it with tests/logdb.query
 
     @property
     def db(self) -> Path:
         """The SQLite file (absent when the desk logs to PostgreSQL)."""
         return self.data_dir / "madoguchi.sqlite3"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -85,40 +74,18 @@ def db_url(request, tmp_path) -> str:
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def desk(request, tmp_path_factory) -> RunningDesk:
+    from desk_process import DeskProcess
+
     root = tmp_path_factory.mktemp("desk")
     if request.param == "sqlite":
-        log_url, options = f"sqlite:///{root / 'data' / 'madoguchi.sqlite3'}", []
+        log_url, db = f"sqlite:///{root / 'data' / 'madoguchi.sqlite3'}", ""
     else:
-        log_url = request.getfixturevalue("pg_cluster").new_database(f"desk_{uuid.uuid4().hex[:12]}")
-        options = ["--db", log_url]
-    port = _free_port()
-    env = {**os.environ, "MADOGUCHI_INDEX": str(root / "index"), "PYTHONUNBUFFERED": "1"}
-    env.pop("MADOGUCHI_DATA", None)
-    env.pop("MADOGUCHI_DB", None)
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port), "--data-dir", str(root / "data"),
-                             *options],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    ready = threading.Event()
-
-    def read():  # drains the pipe for the whole session, so the desk never blocks on it
-        for line in proc.stdout:
-            output.append(line.rstrip("\n"))
-            if line.startswith("madoguchi: ready at"):
-                ready.set()
-        ready.set()  # the process ended: stop waiting
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(START_TIMEOUT) or proc.poll() is not None:
-        proc.kill()
-        pytest.fail("the desk did not start:\n" + "\n".join(output[-30:]))
+        log_url = db = request.getfixturevalue("pg_cluster").new_database(f"desk_{uuid.uuid4().hex[:12]}")
     try:
-        yield RunningDesk(f"http://127.0.0.1:{port}", root / "data", root / "index", output, time.perf_counter() - started,
-                          log_url)
+        proc = DeskProcess(root / "index", root / "data", db=db, timeout=START_TIMEOUT)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        yield RunningDesk(proc.url, proc.data_dir, root / "index", proc.output, log_url)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        proc.stop()

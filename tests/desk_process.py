@@ -1,7 +1,6 @@
-"""A desk (`python app.py`) as a child process, for tests that start, kill -9 or restart their own.
-
-Like tests/conftest.py: 127.0.0.1, a free port, the console drained by a thread. Stopped by its
-PID only.
+"""A desk (`python app.py`) as a child process: the session desks of tests/conftest.py and the
+tests that start, kill -9 or restart their own. 127.0.0.1, a free port, the console drained by a
+thread for the desk's whole life. Stopped by its PID only.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,17 +25,17 @@ def free_port() -> int:
 
 class DeskProcess:
     def __init__(self, index_dir: Path, data_dir: Path, *, corpus_dir: Path | None = None, timeout: float = 240,
-                 port: int | None = None, db: str = "", replica: str = ""):
-        self.port = port or free_port()
+                 db: str = "", replica: str = ""):
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = Path(data_dir)
         env = {**os.environ, "MADOGUCHI_INDEX": str(index_dir), "PYTHONUNBUFFERED": "1"}
-        env.pop("MADOGUCHI_DATA", None)
+        for name in ("MADOGUCHI_DATA", "MADOGUCHI_DB", "MADOGUCHI_REPLICA"):  # the test decides, not the shell
+            env.pop(name, None)
         if corpus_dir is not None:
             env["MADOGUCHI_CORPUS"] = str(corpus_dir)
         self.output: list[str] = []
         self._ready = threading.Event()
-        env.pop("MADOGUCHI_DB", None)
         options = [*(["--db", db] if db else []), *(["--replica", replica] if replica else [])]
         self.proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(self.port),
                                       "--data-dir", str(data_dir), *options],
@@ -57,16 +55,6 @@ class DeskProcess:
     @property
     def db(self) -> Path:
         return self.data_dir / "madoguchi.sqlite3"
-
-    def rss_mb(self) -> float | None:
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
 
     def kill(self) -> None:
         """SIGKILL (kill -9) to this PID only."""

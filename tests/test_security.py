@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from logdb import eventually, query
 
 REPO = Path(__file__).resolve().parent.parent
