@@ -12,7 +12,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from chatbot.store.schema import FIELDS, SCHEMA_VERSION, Unavailable, empty_stats, insert_statements, upgrade
+from chatbot.store.schema import (FIELDS, FLAGS, SCHEMA_VERSION, Unavailable, empty_stats, insert_statements, stats,
+                                  stored_version, upgrade)
 
 CONNECT_TIMEOUT = 3  # seconds (libpq's minimum is 2)
 STATEMENT_TIMEOUT_MS = 10_000
@@ -140,10 +141,8 @@ class PostgresBackend:
         if not got:
             return empty_stats()
         per_day, no_match, [(helpful, unhelpful, feedback)], replicas = got
-        return {"per_day": [tuple(row) for row in reversed(per_day)], "no_match": [tuple(row) for row in no_match],
-                "helpful": helpful, "unhelpful": unhelpful, "questions": sum(n for _, n, _ in replicas),
-                "feedback": feedback,
-                "replicas": [(name, n, last.isoformat(timespec="seconds")) for name, n, last in replicas]}
+        return stats(per_day, no_match, helpful, unhelpful, feedback,
+                     [(name, n, last.isoformat(timespec="seconds")) for name, n, last in replicas])
 
     def version(self) -> int:
         try:
@@ -179,9 +178,7 @@ class PostgresBackend:
 def _version(conn: psycopg.Connection) -> int:
     tables = {name for (name,) in conn.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
-    if "schema_version" in tables:
-        return conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
-    return 1 if "questions" in tables else 0
+    return stored_version(tables, lambda: conn.execute("SELECT max(version) FROM schema_version").fetchone()[0])
 
 
 def _row(r: dict) -> tuple:
@@ -192,7 +189,7 @@ def _row(r: dict) -> tuple:
             value = uuid.UUID(value)
         elif f == "at":
             value = datetime.fromisoformat(value)
-        elif f in ("abstained", "ambiguous", "helpful"):
+        elif f in FLAGS:
             value = bool(value)
         out.append(value)
     return tuple(out)

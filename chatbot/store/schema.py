@@ -20,6 +20,7 @@ QUESTION_FIELDS = ("uid", "at", "replica", "channel", "question", "context", "au
                    "ambiguous", "top_key", "elapsed_ms")
 FEEDBACK_FIELDS = ("uid", "at", "replica", "channel", "question", "key", "helpful")
 FIELDS = {"question": QUESTION_FIELDS, "feedback": FEEDBACK_FIELDS}
+FLAGS = ("abstained", "ambiguous", "helpful")  # yes/no fields: 0/1 in SQLite, boolean in PostgreSQL
 TABLES = {"question": "questions", "feedback": "feedback"}
 
 
@@ -48,6 +49,13 @@ def upgrade(execute, found: int, steps: dict[int, list[str]]) -> None:
     execute(f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION})")
 
 
+def stored_version(tables: set[str], latest) -> int:
+    """The schema version of a database with these tables; `latest()` reads schema_version."""
+    if "schema_version" in tables:
+        return latest() or 0
+    return 1 if "questions" in tables else 0  # issue 6's desks wrote version 1 without saying so
+
+
 def too_new(found: int) -> str:
     return (f"the database's log schema is version {found}, newer than this desk's {SCHEMA_VERSION}: "
             "update the desk (git pull) before pointing it at this database")
@@ -56,6 +64,14 @@ def too_new(found: int) -> str:
 def empty_stats() -> dict:
     return {"per_day": [], "no_match": [], "helpful": 0, "unhelpful": 0, "questions": 0, "feedback": 0,
             "replicas": []}
+
+
+def stats(per_day: list, no_match: list, helpful: int, unhelpful: int, feedback: int, replicas: list) -> dict:
+    """The analytics from a backend's query results: per_day newest first as queried (returned oldest
+    first), replicas as (name, questions, last ISO time)."""
+    return {"per_day": [tuple(row) for row in reversed(per_day)], "no_match": [tuple(row) for row in no_match],
+            "helpful": helpful, "unhelpful": unhelpful, "questions": sum(n for _, n, _ in replicas),
+            "feedback": feedback, "replicas": [tuple(row) for row in replicas]}
 
 
 class Backend(Protocol):

@@ -11,7 +11,8 @@ import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
-from chatbot.store.schema import FIELDS, SCHEMA_VERSION, Unavailable, empty_stats, insert_statements, upgrade
+from chatbot.store.schema import (FIELDS, FLAGS, SCHEMA_VERSION, Unavailable, empty_stats, insert_statements, stats,
+                                  stored_version, upgrade)
 
 LOCK_TIMEOUT = 5.0  # seconds; another process (a second desk, a backup) may hold the lock briefly
 # SQLite keeps ISO 8601 text in UTC; the staff view counts days in Japan time (no DST there).
@@ -71,9 +72,7 @@ class SQLiteBackend:
 
     def _version(self, db: sqlite3.Connection) -> int:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "schema_version" in tables:
-            return db.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
-        return 1 if "questions" in tables else 0  # issue 6's desks wrote version 1 without saying so
+        return stored_version(tables, lambda: db.execute("SELECT max(version) FROM schema_version").fetchone()[0])
 
     def migrate(self) -> tuple[int, int]:
         with self._session() as db:
@@ -129,9 +128,7 @@ class SQLiteBackend:
                 "SELECT coalesce(sum(helpful), 0), coalesce(sum(1 - helpful), 0), count(*) FROM feedback").fetchone()
             replicas = db.execute(
                 "SELECT coalesce(replica, ''), count(*), max(at) FROM questions GROUP BY 1 ORDER BY 2 DESC").fetchall()
-        return {"per_day": [tuple(row) for row in reversed(per_day)], "no_match": [tuple(row) for row in no_match],
-                "helpful": helpful, "unhelpful": unhelpful, "questions": sum(n for _, n, _ in replicas),
-                "feedback": feedback, "replicas": [tuple(r) for r in replicas]}
+        return stats(per_day, no_match, helpful, unhelpful, feedback, replicas)
 
     def version(self) -> int:
         if not self.path.exists():
@@ -166,4 +163,4 @@ class SQLiteBackend:
 
 def _row(r: dict) -> tuple:
     fields = FIELDS[r["kind"]]
-    return tuple(int(r[f]) if f in ("abstained", "ambiguous", "helpful") else r.get(f) for f in fields)
+    return tuple(int(r[f]) if f in FLAGS else r.get(f) for f in fields)
