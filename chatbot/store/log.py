@@ -52,7 +52,6 @@ class Log:
         self.rejected_path = Path(data_dir) / f"rejected-{name}.jsonl"
         self.last_error = ""       # shown in the staff view; empty when all is well
         self.spool_error = ""
-        self.down_since: float | None = None
         self.written = self.rejected = self.lost = 0
         self.schema: tuple[int, int] | None = None  # (version found, version now) after the first migration
         self._lock = threading.Condition()  # the spool, the memory list and the counters
@@ -302,7 +301,7 @@ class Log:
                     self._set_aside(record, reason)
             except Exception as e:  # noqa: BLE001 - nothing may stop the writer: report, back off, retry
                 self.schema = None  # migrate again on reconnecting: the database may have been replaced
-                self._failed(e if isinstance(e, Unavailable) else f"{type(e).__name__}: {e}")
+                self._failed(e if isinstance(e, Unavailable) else f"{type(e).__name__}: {e}", first=not failures)
                 self._stop.wait(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
                 failures += 1
                 continue
@@ -310,7 +309,6 @@ class Log:
                 _say(f"writing to {self.backend.label} again")
             failures = 0
             self.last_error = ""
-            self.down_since = None
             with self._lock:
                 if source == "memory":
                     del self._memory[:len(batch)]
@@ -327,10 +325,8 @@ class Log:
                 if source and not batch and not unusable:  # nothing complete to read yet: do not spin
                     self._lock.wait(1.0)
 
-    def _failed(self, e: object) -> None:
-        first = self.down_since is None
-        if first:
-            self.down_since = time.time()
+    def _failed(self, e: object, first: bool) -> None:
+        """Shown in the staff view; on the console only when the database first fails."""
         with self._lock:
             pending = self._pending
         self.last_error = (f"{_clock()} データベースに書き込めません（{self.backend.label}）: {e}。"
