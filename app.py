@@ -57,13 +57,15 @@ def open_searcher():
     return search.Searcher(built, encoder)
 
 
-def create_app(data_dir: Path | None = None, db: str | None = None, replica: str | None = None):
-    """(gradio Blocks, Desk): everything but the server."""
+def create_app(data_dir: Path | None = None, db: str | None = None, replica: str | None = None,
+               port: int | None = None):
+    """(gradio Blocks, Desk): everything but the server. The replica name defaults to
+    $MADOGUCHI_REPLICA, else <hostname>-<port>."""
     from chatbot import config, corpus, store
     from chatbot.desk import service, ui
 
     log = store.open_store(config.db_url() if db is None else db, data_dir or config.data_dir(),
-                           replica or config.replica() or store.default_replica())
+                           replica or config.replica() or store.default_replica(port))
     try:
         desk = service.Desk(open_searcher(), corpus.load(config.corpus_dir()), log)
     except BaseException:
@@ -82,7 +84,7 @@ def main(argv=None) -> None:
               "and its staff tab (there is no login). Use the default 127.0.0.1 unless that is intended.",
               file=sys.stderr, flush=True)
     try:
-        app, desk = create_app(args.data_dir, args.db, args.replica or _replica_default(args.port))
+        app, desk = create_app(args.data_dir, args.db, args.replica, args.port)
     except MadoguchiError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -108,12 +110,6 @@ def main(argv=None) -> None:
     finally:
         app.close()
         log.close(5)  # what is not written by then stays in the spool for the next start
-
-
-def _replica_default(port: int) -> str:
-    from chatbot import config, store
-
-    return config.replica() or store.default_replica(port)
 
 
 def _css() -> str:
