@@ -7,6 +7,7 @@ connection; the staff view opens its own for each read (rare, and never on an an
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 from datetime import datetime
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -120,14 +121,20 @@ class PostgresBackend:
             self._drop_writer()
             raise Unavailable(self._describe(e)) from e
 
-    def _read(self, queries: list[tuple[str, tuple]]) -> list[list[tuple]]:
+    @contextmanager
+    def _session(self):
+        """A connection of its own for one read or clear (not the writer's); errors mean "not now"."""
         try:
             with self._connect() as conn:
-                if _version(conn) == 0:
-                    return []
-                return [conn.execute(sql, params).fetchall() for sql, params in queries]
+                yield conn
         except psycopg.Error as e:
             raise Unavailable(self._describe(e)) from e
+
+    def _read(self, queries: list[tuple[str, tuple]]) -> list[list[tuple]]:
+        with self._session() as conn:
+            if _version(conn) == 0:
+                return []
+            return [conn.execute(sql, params).fetchall() for sql, params in queries]
 
     def stats(self, days: int, top: int) -> dict:
         got = self._read([
@@ -145,11 +152,8 @@ class PostgresBackend:
                      [(name, n, last.isoformat(timespec="seconds")) for name, n, last in replicas])
 
     def version(self) -> int:
-        try:
-            with self._connect() as conn:
-                return _version(conn)
-        except psycopg.Error as e:
-            raise Unavailable(self._describe(e)) from e
+        with self._session() as conn:
+            return _version(conn)
 
     def count(self) -> dict:
         got = self._read([("SELECT (SELECT count(*) FROM questions), (SELECT count(*) FROM feedback)", ())])
@@ -157,12 +161,9 @@ class PostgresBackend:
         return {"questions": questions, "feedback": feedback}
 
     def clear(self) -> None:
-        try:
-            with self._connect() as conn:
-                if _version(conn):
-                    conn.execute("TRUNCATE questions, feedback")
-        except psycopg.Error as e:
-            raise Unavailable(self._describe(e)) from e
+        with self._session() as conn:
+            if _version(conn):
+                conn.execute("TRUNCATE questions, feedback")
 
     def close(self) -> None:
         self._drop_writer()
