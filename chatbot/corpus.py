@@ -15,7 +15,13 @@ from pathlib import Path
 from chatbot.errors import CorpusError
 
 AUDIENCES = ("スタートアップ", "中小企業", "大学・研究機関", "個人", "自治体・支援機関", "海外から")
-METADATA = {"audience"}
+# Metadata lines under a programme heading. audience: who it is for (the desk's 「あなたは？」).
+# terms: and asks: are its profile, used to match questions and never shown: terms are the
+# service's own vocabulary (forms, systems, fees, errors; Japanese or English), asks are typical
+# questions, one per line, that join the question bank (chatbot/bank.py).
+METADATA = ("audience", "terms", "asks")
+MAX_TERM_CHARS = 60
+MAX_ASK_CHARS = 200
 
 _CHAPTER = re.compile(r"^# (第(\d+)章)\s*(.*)$")
 _SECTION = re.compile(r"^## (\d+)\.\s+(\S.*)$")
@@ -54,6 +60,8 @@ class Programme:
     blocks: list[Block] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
     audience: list[str] = field(default_factory=list)
+    terms: list[str] = field(default_factory=list)  # matching only (profile)
+    asks: list[str] = field(default_factory=list)  # matching only: typical questions
 
     @property
     def urls(self) -> list[str]:
@@ -168,9 +176,14 @@ class _Parser:
             if line.strip():
                 self.fail(lineno, "text outside a programme; start one with '### (n) title'")
             return
-        if self.in_metadata and (m := _META.match(line)):
-            self.metadata(lineno, m.group(1), m.group(2))
-            return
+        if m := _META.match(line):
+            if m.group(1) in METADATA and not self.in_metadata:
+                # Shown to visitors as body text otherwise: a profile must never be an answer.
+                self.fail(lineno, f"'{m.group(1)}:' must stand directly under the programme heading, "
+                          "with the other metadata lines, before any text or sub-item")
+            if self.in_metadata:
+                self.metadata(lineno, m.group(1), m.group(2))
+                return
         self.in_metadata = False
         if m := _LINK.match(line.strip()):
             title, url = m.group(1).strip(), m.group(2)
@@ -217,12 +230,34 @@ class _Parser:
 
     def metadata(self, lineno: int, name: str, value: str):
         if name not in METADATA:
-            self.fail(lineno, f"unknown metadata {name!r}; choose from {sorted(METADATA)}")
-        values = [v.strip() for v in re.split(r"[,、，]", value) if v.strip()]
-        unknown = [v for v in values if v not in AUDIENCES]
-        if unknown:
-            self.fail(lineno, f"unknown audience {unknown}; choose from {list(AUDIENCES)}")
-        self.programme.audience = values
+            self.fail(lineno, f"unknown metadata {name!r}; choose from {list(METADATA)}")
+        value = value.strip()
+        if not value:
+            self.fail(lineno, f"'{name}:' has no value")
+        programme = self.programme
+        if name == "asks":
+            if len(value) > MAX_ASK_CHARS:
+                self.fail(lineno, f"a question in 'asks:' is {len(value)} characters; at most {MAX_ASK_CHARS}")
+            if value in programme.asks:
+                self.fail(lineno, f"the question {value!r} is already in the asks of {programme.key}")
+            programme.asks.append(value)
+            return
+        values = [v.strip() for v in re.split(r"[,、，]", value)]
+        if "" in values:
+            self.fail(lineno, f"an empty item in '{name}:' (two commas in a row, or one at the end)")
+        if name == "audience":
+            unknown = [v for v in values if v not in AUDIENCES]
+            if unknown:
+                self.fail(lineno, f"unknown audience {unknown}; choose from {list(AUDIENCES)}")
+            programme.audience = values
+            return
+        for term in values:  # terms
+            if len(term) > MAX_TERM_CHARS:
+                self.fail(lineno, f"the term {term[:20]!r}… is {len(term)} characters; a term is a word or "
+                          f"a short phrase (at most {MAX_TERM_CHARS}); put questions in 'asks:'")
+            if term in programme.terms:
+                self.fail(lineno, f"the term {term!r} is already in the terms of {programme.key}")
+            programme.terms.append(term)
 
     def close_block(self):
         """End the current body block (at a heading or the end of the file)."""

@@ -47,6 +47,7 @@ class Outcome:
     ambiguous: bool
     confidence: float
     latency_ms: float
+    decision: str = "answer"
 
 
 def load_queries(paths: list[Path], split: str | None = None) -> list[Query]:
@@ -76,7 +77,7 @@ def run(searcher, queries: list[Query], method: str = "hybrid") -> list[Outcome]
         latency = (time.perf_counter() - started) * 1000
         ranked = [r.key for r in answer.results]
         outcomes.append(Outcome(q, ranked, answer.results[0].urls if answer.results else [],
-                                answer.abstained, answer.ambiguous, answer.confidence, latency))
+                                answer.abstained, answer.ambiguous, answer.confidence, latency, answer.decision))
     return outcomes
 
 
@@ -107,6 +108,11 @@ def metrics(outcomes: list[Outcome], method: str = "hybrid") -> dict:
         "abstain_precision": _ratio(sum(not o.query.in_scope for o in abstained), len(abstained)),
         "abstain_recall": _ratio(sum(o.abstained for o in outside), len(outside)),
         "false_abstain_rate": _ratio(sum(o.abstained for o in inside), len(inside)),
+        # the three decisions: in scope sent away ("none"), offered as choices ("suggest"), and
+        # out of scope answered confidently ("answer")
+        "in_scope_none": _ratio(sum(o.decision == "none" for o in inside), len(inside)),
+        "in_scope_suggest": _ratio(sum(o.decision == "suggest" for o in inside), len(inside)),
+        "out_of_scope_answer": _ratio(sum(o.decision == "answer" for o in outside), len(outside)),
         "ambiguous_rate": _ratio(sum(o.ambiguous for o in outcomes), len(outcomes)),
         "latency_ms": {"p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95)},
     }
@@ -121,7 +127,7 @@ def failures(outcomes: list[Outcome]) -> list[dict]:
         if not right:
             out.append({"id": o.query.id, "query": o.query.query, "context": o.query.context,
                         "relevant": o.query.relevant, "got": "ABSTAINED" if o.abstained else o.ranked[:3],
-                        "confidence": round(o.confidence, 3)})
+                        "decision": o.decision, "confidence": round(o.confidence, 3)})
     return out
 
 

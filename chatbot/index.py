@@ -4,7 +4,9 @@ Layout (a directory per build, switched atomically):
 
     index/CURRENT                 the name of the build in use (replaced with os.replace)
     index/b-<time>-<id>/manifest.json    model, prompts, corpus SHA-256, parameters, versions
-                        passages.jsonl   the passages, in corpus order
+                        passages.jsonl   the passages (and profile units), in corpus order
+                        asks.jsonl, asks.npy   the profiles' typical questions and their
+                                         query vectors, for the question bank (chatbot/bank.py)
                         dense.faiss      inner product on L2-normalised vectors
                         bm25/            bm25s files (vocab, CSC score matrix, params)
 
@@ -29,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from chatbot import __version__, corpus, passages, text
+from chatbot import __version__, bank, corpus, passages, text
 from chatbot.errors import IndexStateError
 
-FORMAT = 1
+FORMAT = 2  # 2: profile units in passages.jsonl, asks.jsonl + asks.npy
 LOCK = ".build-lock"  # held while a build runs (see build)
 # Above this many passages an approximate FAISS index (HNSW) replaces the flat one. Measured by
 # bench/faiss_scale.py (384-d, this 2-core machine, 2026-11-25): flat p95 per single query with
@@ -54,6 +56,8 @@ class Index:
     passages: list[passages.Passage]
     dense: object  # faiss.Index
     bm25: object  # bm25s.BM25
+    asks: list  # bank.Entry of the corpus profiles
+    ask_vectors: np.ndarray  # (len(asks), dim)
 
     @property
     def model_id(self) -> str:
@@ -138,12 +142,17 @@ def _build(corpus_dir: Path, index_root: Path, encoder, max_chars: int, progress
         with open(tmp / "passages.jsonl", "w", encoding="utf-8") as f:
             for p in items:
                 f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+        asks = bank.from_corpus(programmes)
+        (tmp / "asks.jsonl").write_text(bank.dumps(asks), encoding="utf-8")
+        ask_vectors = (encoder.encode_queries([text.normalise(e.question) for e in asks]) if asks
+                       else np.zeros((0, vectors.shape[1])))
+        np.save(tmp / "asks.npy", np.ascontiguousarray(ask_vectors, dtype=np.float32))
         manifest = {
             "format": FORMAT,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "build_seconds": None,
             "corpus": {"sha256": corpus.digest(corpus_dir), "programmes": len(programmes),
-                       "passages": len(items)},
+                       "passages": len(items), "profile_units": sum(p.profile for p in items), "asks": len(asks)},
             "passages": {"max_chars": max_chars},
             "text": {"version": text.VERSION, "mecab": text.dictionary()},
             "model": {"id": encoder.model_id, "dim": int(vectors.shape[1]), "prompts": encoder.prompts,
@@ -196,6 +205,9 @@ def load(index_root: Path, *, corpus_dir: Path | None = None, model_id: str | No
                  for line in (root / "passages.jsonl").read_text(encoding="utf-8").splitlines()]
         dense = faiss.read_index(str(root / "dense.faiss"))
         bm25 = bm25s.BM25.load(str(root / "bm25"), show_progress=False)
+        asks = [bank.Entry(**json.loads(line)) for line in
+                (root / "asks.jsonl").read_text(encoding="utf-8").splitlines()]
+        ask_vectors = np.load(root / "asks.npy").astype(np.float32)
     # AttributeError (Issue 8): a passages.jsonl line that is JSON but not an object ([] or null).
     except (OSError, ValueError, TypeError, KeyError, RuntimeError, AttributeError) as e:
         raise IndexStateError(f"the index in {root} is damaged ({type(e).__name__}: {e}); {rebuild}") from e
@@ -212,12 +224,14 @@ def load(index_root: Path, *, corpus_dir: Path | None = None, model_id: str | No
     if not (n == len(items) == dense.ntotal == bm25.scores.get("num_docs")):
         problems.append(f"passage counts disagree (manifest {n}, passages {len(items)}, "
                         f"faiss {dense.ntotal}, bm25 {bm25.scores.get('num_docs')})")
+    if len(asks) != len(ask_vectors):
+        problems.append(f"{len(asks)} asks but {len(ask_vectors)} vectors")
     if problems:
         raise IndexStateError(f"the index in {root} is stale: {'; '.join(problems)}; {rebuild}")
     if hasattr(dense, "hnsw"):
         dense.hnsw.efSearch = manifest["dense"].get("ef_search", HNSW_EF_SEARCH)
     faiss.omp_set_num_threads(QUERY_THREADS)  # one question at a time: threads only wait
-    return Index(root, manifest, items, dense, bm25)
+    return Index(root, manifest, items, dense, bm25, asks, ask_vectors)
 
 
 def _faiss_index(vectors: np.ndarray):

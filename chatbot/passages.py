@@ -4,10 +4,16 @@ A passage never crosses a programme or sub-item boundary, so its breadcrumb
 (section › programme › sub-item) and its URLs are exact. A programme whose text fits in one
 passage stays whole. The displayed `text` is corpus text verbatim; `embedded` (for the
 dense retriever) adds the breadcrumb, `indexed` (for BM25) the link titles too.
+
+A programme with a profile (`terms:` in the corpus) also gets profile units: its Japanese terms
+in one and its Latin-script (English) terms in another, so that each is a sharp vector for
+questions in its language. They are matched like passages but never shown: when one wins, the
+desk shows the programme's best real passage (`Passage.profile` tells them apart).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from chatbot.corpus import Programme
@@ -30,6 +36,7 @@ class Passage:
     text: str  # verbatim corpus text
     urls: tuple[str, ...]
     link_titles: tuple[str, ...]
+    profile: bool = False  # a profile unit: matched, never shown
 
     @property
     def breadcrumb(self) -> str:
@@ -62,7 +69,21 @@ def split(programmes: list[Programme], max_chars: int = DEFAULT_MAX_CHARS) -> li
                 urls=tuple(dict.fromkeys(link.url for link in links)) or tuple(programme.urls),
                 link_titles=tuple(dict.fromkeys(link.title for link in links)),
             ))
+        for terms in _profile_groups(programme.terms):
+            out.append(Passage(id=len(out), key=programme.key, section=programme.section_title,
+                               title=programme.title, subitem="", text="、".join(terms),
+                               urls=tuple(programme.urls), link_titles=(), profile=True))
     return out
+
+
+_LATIN_TERM = re.compile(r"^[\x00-\x7f]+$")
+
+
+def _profile_groups(terms: list[str]) -> list[list[str]]:
+    """The programme's terms as profile units: Japanese ones, then English (ASCII-only) ones."""
+    english = [t for t in terms if _LATIN_TERM.match(t)]
+    japanese = [t for t in terms if not _LATIN_TERM.match(t)]
+    return [group for group in (japanese, english) if group]
 
 
 def _chunks(programme: Programme, max_chars: int):

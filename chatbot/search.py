@@ -1,12 +1,16 @@
 """Search: a question → ranked programmes, each with its best passage, or an abstention.
 
-Both retrievers score every passage: dense (cosine of the query's embedding) and lexical (BM25
-over MeCab terms). Passage scores become programme scores (a programme is as good as its best
-passage), the two rankings are fused, and three decisions are taken from signals measured on
-our own tuning queries (chatbot/calibration.json, written by `python -m chatbot calibrate`):
+Both retrievers score every passage and profile unit: dense (cosine of the query's embedding)
+and lexical (BM25 over MeCab terms). Unit scores become programme scores (a programme is as good
+as its best unit; the passage shown is its best real passage), the two rankings are fused, and
+the question bank (chatbot/bank.py) adds how close the question is to a labelled question of
+each programme. Decisions are taken from signals measured on our own tuning queries
+(chatbot/calibration/<model>.json, written by `python -m chatbot calibrate`):
 
-- abstain: a small logistic model over how peaked the dense scores are, how much of the
-  question's vocabulary the corpus knows, and the BM25 evidence;
+- decision: a small logistic model over how peaked the dense scores are, how much of the
+  question's vocabulary the corpus knows, the BM25 evidence and the nearest labelled questions
+  estimates P(in scope); two calibrated cuts make it "answer" (confident), "suggest" (the
+  nearest programmes as choices, staff can help) or "none" (clearly outside the chapter);
 - ambiguous: the first two programmes are closer than a margin;
 - follow-up: with the programme the conversation is on (`context`), the answer stays on it
   unless the question, read alone, confidently names another programme.
@@ -23,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from chatbot import aliases, text
+from chatbot import aliases, bank, text
 from chatbot.errors import QueryError
 
 MAX_QUERY_CHARS = 1000
 METHODS = ("hybrid", "dense", "bm25")
+DECISIONS = ("answer", "suggest", "none")
 DENSE_CANDIDATES = 1_000  # nearest passages asked of an approximate (HNSW) index; see Searcher._dense
 CALIBRATION = Path(__file__).with_name("calibration")  # <model slug>.json and .npz per model
 
@@ -46,7 +51,10 @@ class Settings:
     dense_weight: float = 0.5  # for fusion="score"
     abstain_weights: tuple[float, ...] = (0.0,) * 6  # see Searcher._features
     abstain_bias: float = 1.0
-    abstain_threshold: float = 0.5
+    abstain_threshold: float = 0.5  # below: decision "none"
+    answer_threshold: float = 0.5  # from here: decision "answer"; in between: "suggest"
+    bank_weight: float = 0.0  # how much a close labelled question adds to its programme's score
+    bank_floor: float = 0.85  # the cosine under which a labelled question says nothing
     ambiguity_margin: float = 0.1  # relative gap of the fused scores of the first two
     switch_margin: float = 0.0  # how far ahead of the context another programme must be
     switch_confidence: float = 0.5  # how sure, read alone, a question must be to leave the context
@@ -77,13 +85,14 @@ class Examples:
         with np.load(path) as saved:
             return cls(saved["vectors"].astype(np.float32), saved["in_scope"].astype(bool))
 
-    def margin(self, vector: np.ndarray, exclude: int | None = None) -> float:
-        """Nearest out-of-scope example's cosine minus nearest in-scope example's."""
+    def margin(self, vector: np.ndarray, exclude: int | None = None, nearest_bank: float = -1.0) -> float:
+        """Nearest out-of-scope example's cosine minus nearest in-scope example's (the bank's
+        labelled questions are in-scope examples too: `nearest_bank` is the closest one's)."""
         sims = self.vectors @ vector
         if exclude is not None:
             sims = sims.copy()
             sims[exclude] = -np.inf  # leave one out while calibrating
-        return float(sims[~self.in_scope].max() - sims[self.in_scope].max())
+        return float(sims[~self.in_scope].max() - max(sims[self.in_scope].max(), nearest_bank))
 
 
 @dataclass
@@ -107,9 +116,10 @@ class Result:
 @dataclass
 class Answer:
     query: str
-    abstained: bool
+    abstained: bool  # exactly when decision == "none"
     ambiguous: bool
     results: list[Result]
+    decision: str = "none"  # "answer", "suggest" or "none" (see DECISIONS)
     message: str = ""  # why there is no result (empty or too long a question)
     context: str = ""  # the context programme the answer stayed on, if it did
     confidence: float = 0.0  # the abstention model's probability that the question is in scope
@@ -117,7 +127,7 @@ class Answer:
 
     def to_json(self) -> dict:
         out = {"query": self.query, "abstained": self.abstained, "ambiguous": self.ambiguous,
-               "results": [r.to_json() for r in self.results],
+               "decision": self.decision, "results": [r.to_json() for r in self.results],
                "confidence": round(self.confidence, 4), "followed_context": bool(self.context)}
         if self.message:
             out["message"] = self.message
@@ -132,7 +142,8 @@ class Ranking:
     fused: np.ndarray  # per programme
     dense: np.ndarray
     lexical: np.ndarray
-    best: np.ndarray  # per programme: index of its best passage
+    bank: np.ndarray  # per programme: cosine of its nearest labelled question (-1 without)
+    best: np.ndarray  # per programme: index of its best real passage (the one shown)
     features: np.ndarray  # abstention features
     order: np.ndarray = field(default=None)  # programme indices, best first
 
@@ -142,7 +153,12 @@ class Ranking:
 
 
 class Searcher:
-    def __init__(self, index, encoder, settings: Settings | None = None):
+    """The engine over one index. `bank_file`: the staff's question bank (chatbot/bank.py), read
+    again whenever it changes; `use_bank=False` leaves the bank out entirely (corpus asks too),
+    for evaluating what it adds."""
+
+    def __init__(self, index, encoder, settings: Settings | None = None, *, bank_file: Path | None = None,
+                 use_bank: bool = True, bank_cache: Path | None = None):
         self.index = index
         self.encoder = encoder
         self.settings = settings or Settings.for_model(index.model_id)
@@ -153,6 +169,7 @@ class Searcher:
         self.keys = list(dict.fromkeys(p.key for p in items))
         self.slot = {key: i for i, key in enumerate(self.keys)}
         self.owner = np.array([self.slot[p.key] for p in items])
+        self.shown = np.array([not p.profile for p in items])  # profile units are never shown
         self.vocab = index.bm25.vocab_dict
         self.aliases = aliases.learn(items)
         self.examples = Examples.for_model(index.model_id)
@@ -165,6 +182,13 @@ class Searcher:
                 df[t] = df.get(t, 0) + 1
         self.idf = {t: math.log((self._all + 1) / (n + 0.5)) for t, n in df.items()}
         self.idf_unknown = math.log((self._all + 1) / 0.5)
+        self.use_bank, self.bank_file = use_bank, Path(bank_file) if bank_file else None
+        if bank_cache is None and self.bank_file is not None:
+            from chatbot import config
+
+            bank_cache = config.bank_cache(index.model_id)
+        self._bank_vectors = bank.Vectors(encoder, bank_cache)
+        self.bank = self._load_bank()
 
     # -- public ---------------------------------------------------------------------------
     def search(self, query: str, *, top_k: int = 5, context: str | None = None,
@@ -183,10 +207,13 @@ class Searcher:
         if len(clean) > MAX_QUERY_CHARS:
             return self._empty(query, f"質問が長すぎます（{len(clean)}文字）。{MAX_QUERY_CHARS}文字以内でお願いします。", started)
 
+        if self.use_bank and bank.stamp(self.bank_file) != self.bank.stamp:
+            self.bank = self._load_bank()  # staff added a question: it counts from this one on
         ranking = self.rank(clean, method)
         s = self.settings
         confidence = _sigmoid(float(np.dot(s.abstain_weights, ranking.features)) + s.abstain_bias)
-        abstained = confidence < s.abstain_threshold if method == "hybrid" else False
+        decision = self.decide(confidence) if method == "hybrid" else "answer"
+        abstained = decision == "none"
         order = list(ranking.order)
         stayed = ""
         if context:
@@ -203,7 +230,7 @@ class Searcher:
                          and not text.refers_back(clean))
             if not leaves and not off_topic:
                 order = [ctx] + [i for i in order if i != ctx]
-                abstained, stayed = False, context
+                decision, abstained, stayed = "answer", False, context
         if audience:
             allowed = {p.key for p in self.index.passages if audience in self._audience(p.key)}
             order = [i for i in order if self.keys[i] in allowed] or order
@@ -211,8 +238,14 @@ class Searcher:
         ambiguous = (not abstained and not stayed and len(top) > 1
                      and ranking.fused[top[1]] >= (1 - s.ambiguity_margin) * ranking.fused[top[0]])
         results = [] if abstained else [self._result(i, ranking) for i in top]
-        return Answer(query, bool(abstained), bool(ambiguous), results, context=stayed, confidence=confidence,
-                      elapsed_ms=(time.perf_counter() - started) * 1000)
+        return Answer(query, bool(abstained), bool(ambiguous), results, decision, context=stayed,
+                      confidence=confidence, elapsed_ms=(time.perf_counter() - started) * 1000)
+
+    def decide(self, confidence: float) -> str:
+        s = self.settings
+        if confidence < s.abstain_threshold:
+            return "none"
+        return "answer" if confidence >= s.answer_threshold else "suggest"
 
     def rank(self, clean: str, method: str = "hybrid", exclude: int | None = None) -> Ranking:
         """Score every programme for a normalised question (`exclude`: an example to leave out)."""
@@ -228,8 +261,14 @@ class Searcher:
             fused_p = lexical_p + 1e-6 * dense_p  # dense only breaks BM25's ties (e.g. all zero)
         else:
             fused_p = self._fuse(dense_p, lexical_p, 1.0 - latin_share(clean))
-        fused, best = _per_programme(fused_p, self.owner, len(self.keys), floor=-np.inf, argmax=True)
-        return Ranking(self.keys, fused, dense, lexical, best, self._features(clean, dense, lexical_p, terms, vector, exclude))
+        fused = _per_programme(fused_p, self.owner, len(self.keys), floor=-np.inf)
+        _, best = _per_programme(np.where(self.shown, fused_p, -np.inf), self.owner, len(self.keys),
+                                 floor=-np.inf, argmax=True)
+        near = self.bank.best(vector, len(self.keys))
+        if method == "hybrid" and self.settings.bank_weight:
+            fused = fused + self.settings.bank_weight * _bank_score(near, self.settings.bank_floor)
+        features = self._features(clean, dense, lexical_p, terms, vector, exclude, float(near.max()))
+        return Ranking(self.keys, fused, dense, lexical, near, best, features)
 
     # -- parts ------------------------------------------------------------------------------
     def _dense(self, clean: str) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +304,7 @@ class Searcher:
         return (1 - lexical_weight) * _minmax(dense) + lexical_weight * _minmax(lexical)
 
     def _features(self, clean: str, dense: np.ndarray, lexical_p: np.ndarray, terms: list[str],
-                  vector: np.ndarray, exclude: int | None) -> np.ndarray:
+                  vector: np.ndarray, exclude: int | None, nearest_bank: float) -> np.ndarray:
         """Abstention features, each a way of asking "does some programme really answer this?".
 
         0 the best dense cosine; 1 how far it stands above the field (z-score over programmes);
@@ -274,7 +313,8 @@ class Searcher:
         4 the share of Latin letters in the question. The corpus is Japanese, so lexical
         evidence means nothing for an English question: 2 and 3 are scaled by (1 - 4).
         5 how much nearer the question is to a labelled out-of-scope tuning question than to
-        an in-scope one (0 before calibration has labelled any).
+        an in-scope one (0 before calibration has labelled any); the bank's questions count as
+        in-scope examples.
         """
         ranked = np.sort(dense)[::-1]
         peak = (ranked[0] - ranked.mean()) / (ranked.std() + 1e-6)
@@ -287,9 +327,21 @@ class Searcher:
             covered = float(weights[inside].sum() / weights.sum())
         latin = latin_share(clean)
         japanese = 1.0 - latin
-        knn = self.examples.margin(vector, exclude) if self.examples is not None else 0.0
+        knn = self.examples.margin(vector, exclude, nearest_bank) if self.examples is not None else 0.0
         return np.array([ranked[0], peak, covered * japanese, math.log1p(float(lexical_p.max())) * japanese,
                          latin, knn], dtype=np.float64)
+
+    def _load_bank(self) -> bank.Loaded:
+        """The corpus asks (embedded with the index) and the bank file (embedded here, cached)."""
+        stamp = bank.stamp(self.bank_file)
+        if not self.use_bank:
+            return bank.Loaded([], np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.float32), stamp)
+        known = set(self.slot)
+        extra = bank.read(self.bank_file, known) if self.bank_file else []
+        entries = list(self.index.asks) + extra
+        vectors = np.concatenate([self.index.ask_vectors, self._bank_vectors.of([e.question for e in extra])])
+        slots = np.array([self.slot[e.key] for e in entries], dtype=np.int64)
+        return bank.Loaded(entries, slots, vectors.astype(np.float32), stamp)
 
     def _audience(self, key: str) -> list[str]:
         return self.index.manifest.get("audience", {}).get(key, [])
@@ -320,6 +372,11 @@ def _per_programme(scores: np.ndarray, owner: np.ndarray, n: int, floor: float, 
     best_id = np.zeros(n, dtype=np.int64)
     best_id[owner[winners]] = winners  # assigned last-to-first, so the earliest passage stays
     return best, best_id
+
+
+def _bank_score(nearest: np.ndarray, floor: float) -> np.ndarray:
+    """A labelled question's cosine rescaled: 0 at the floor or below, 1 for the same question."""
+    return np.clip((nearest - floor) / (1.0 - floor), 0.0, 1.0)
 
 
 def _rrf(scores: np.ndarray, k: float) -> np.ndarray:
