@@ -90,8 +90,12 @@ def add(path: Path, items: list[dict], known_keys: set[str], *, source: str = "s
     temporary file and renamed, so two desks adding at once lose nothing and a crash leaves
     the old file."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    new = [_entry({**item, "at": item.get("at") or now, "by": item.get("by") or by}, known_keys, source)
-           for item in items]
+    new = []
+    for n, item in enumerate(items, start=1):
+        try:
+            new.append(_entry({**item, "at": item.get("at") or now, "by": item.get("by") or by}, known_keys, source))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise BankError(f"question {n}: {e}" if len(items) > 1 else str(e)) from None
     with _locked(path):
         entries = read(path)
         where = {e.question: i for i, e in enumerate(entries)}

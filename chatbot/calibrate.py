@@ -32,7 +32,7 @@ from chatbot.search import Examples, Searcher, Settings, calibration_files
 FUSIONS = [{"fusion": "rrf", "rrf_k": k} for k in (5, 10, 20, 30, 60)] + [
     {"fusion": "score", "dense_weight": w} for w in (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)]
 BANK_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5)
-BANK_FLOORS = (0.8, 0.85, 0.9)
+BANK_FLOORS = (0.8, 0.85, 0.9, 0.92)
 NONE_COST = 6  # a visitor with a real question sent away with nothing weighs as 6 off-topic suggestions
 ANSWER_COST = 3  # an off-topic question answered confidently weighs as 3 right answers offered as choices
 SWITCH_MARGINS = (0.0, 0.1, 0.2, 0.3)
@@ -131,7 +131,7 @@ def save(model_id: str, result: dict, queries_file: str) -> tuple[Path, Path]:
     settings_file, examples_file = calibration_files(model_id)
     settings_file.parent.mkdir(exist_ok=True)
     saved = {**result["settings"], "model": model_id, "calibrated_at": time.strftime("%Y-%m-%d"),
-             "tuned_on": f"{queries_file} (split=tune)", "report": result["report"]}
+             "tuned_on": f"{queries_file} (split=tune; dev queries whole)", "report": result["report"]}
     settings_file.write_text(json.dumps(saved, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     examples = result["examples"]
     np.savez_compressed(examples_file, vectors=examples.vectors.astype(np.float16), in_scope=examples.in_scope)

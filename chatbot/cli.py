@@ -240,7 +240,9 @@ def print_answer(out: dict) -> None:
     if out["abstained"]:
         print("該当する支援施策が見つかりませんでした。" if not out.get("message") else "")
         return
-    if out["ambiguous"]:
+    if out.get("decision") == "suggest":
+        print("近いと思われる施策（確かではありません。窓口の担当者もお手伝いできます）:")
+    elif out["ambiguous"]:
         print("候補が複数あります:")
     for rank, r in enumerate(out["results"], start=1):
         print(f"{rank}. [{r['key']}] {r['breadcrumb']}  (score {r['score']})")
@@ -298,6 +300,9 @@ def cmd_calibrate(args) -> None:
     searcher = open_searcher(args)
     files = args.queries or [config.REPO / "eval" / "queries.jsonl", config.REPO / "eval" / "real_style.jsonl"]
     queries = evaluation.load_queries(files, split="tune")
+    if not args.queries:  # the shared dev queries may be tuned on too (they have no test role)
+        files.append(config.REPO / "tests" / "data" / "dev_queries.jsonl")
+        queries += evaluation.load_queries(files[-1:])
     result = calibrate.calibrate(searcher, queries, log=lambda line: print(line, file=sys.stderr))
     for path in calibrate.save(searcher.index.model_id, result, ", ".join(str(f) for f in files)):
         print(f"wrote {path}", file=sys.stderr)

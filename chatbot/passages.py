@@ -69,9 +69,9 @@ def split(programmes: list[Programme], max_chars: int = DEFAULT_MAX_CHARS) -> li
                 urls=tuple(dict.fromkeys(link.url for link in links)) or tuple(programme.urls),
                 link_titles=tuple(dict.fromkeys(link.title for link in links)),
             ))
-        for terms in _profile_groups(programme.terms):
+        for terms, sep in _profile_groups(programme.terms):
             out.append(Passage(id=len(out), key=programme.key, section=programme.section_title,
-                               title=programme.title, subitem="", text="、".join(terms),
+                               title=programme.title, subitem="", text=sep.join(terms),
                                urls=tuple(programme.urls), link_titles=(), profile=True))
     return out
 
@@ -79,11 +79,12 @@ def split(programmes: list[Programme], max_chars: int = DEFAULT_MAX_CHARS) -> li
 _LATIN_TERM = re.compile(r"^[\x00-\x7f]+$")
 
 
-def _profile_groups(terms: list[str]) -> list[list[str]]:
-    """The programme's terms as profile units: Japanese ones, then English (ASCII-only) ones."""
+def _profile_groups(terms: list[str]) -> list[tuple[list[str], str]]:
+    """The programme's terms as profile units, each with the separator it is written with:
+    Japanese ones, then English (ASCII-only) ones."""
     english = [t for t in terms if _LATIN_TERM.match(t)]
     japanese = [t for t in terms if not _LATIN_TERM.match(t)]
-    return [group for group in (japanese, english) if group]
+    return [(group, sep) for group, sep in ((japanese, "、"), (english, ", ")) if group]
 
 
 def _chunks(programme: Programme, max_chars: int):

@@ -163,6 +163,27 @@ def test_minimal_file_parses(tmp_path):
         "1.(1)", "制度", "1. 節", ["https://example.jp/a"], ["個人"], "本文。")
 
 
+PROFILED = MINIMAL.replace("audience: 個人\n", "audience: 個人\nterms: 電子証明書、識別番号, 予納\n"
+                           "terms: electronic certificate, applicant ID\nasks: 証明書の更新は？\n"
+                           "asks: How do I renew my certificate?\n")
+
+
+def test_profile_lines_are_read_and_kept_out_of_the_text(tmp_path):
+    (tmp_path / "a.md").write_text(PROFILED, encoding="utf-8")
+    [p] = corpus.load(tmp_path)
+    assert p.terms == ["電子証明書", "識別番号", "予納", "electronic certificate", "applicant ID"]
+    assert p.asks == ["証明書の更新は？", "How do I renew my certificate?"]
+    assert (p.audience, p.text) == (["個人"], "本文。")
+
+
+def test_every_programme_has_a_profile_in_both_languages(programmes):
+    for p in programmes:
+        assert len([t for t in p.terms if not t.isascii()]) >= 10, p.key
+        assert any(t.isascii() for t in p.terms), p.key
+        assert len(p.asks) >= 4 and any(q.isascii() for q in p.asks), p.key
+        assert not any(t in p.text for t in p.asks), p.key
+
+
 def test_another_chapter_drops_in_with_a_key_prefix(tmp_path):
     (tmp_path / "chapter5.md").write_text(MINIMAL, encoding="utf-8")
     other = MINIMAL.replace("# 第5章 テスト", "# 第6章 別\nkey_prefix: 6-")
@@ -183,6 +204,14 @@ def test_another_chapter_drops_in_with_a_key_prefix(tmp_path):
     (MINIMAL + "\n#### ① 小\n\nあ。\n\n#### ① 小\n", 16, "appears twice"),
     (MINIMAL + "\n<!-- 閉じない\n", 12, "never closed"),
     ("", 1, "no chapter heading"),
+    (PROFILED.replace("本文。", "本文。\nterms: 後から"), 13, "must stand directly under the programme heading"),
+    (MINIMAL + "\n#### ① 小\nasks: 小項目の質問\n", 13, "must stand directly under"),
+    (PROFILED.replace("terms: 電子証明書", "terms: 識別番号、電子証明書"), 7, "already in the terms of 1.(1)"),
+    (PROFILED.replace("terms: 電子証明書、", "terms: 電子証明書、、"), 7, "an empty item"),
+    (PROFILED.replace("terms: electronic certificate, applicant ID", "terms:"), 8, "has no value"),
+    (PROFILED.replace("terms: 電子証明書", "terms: " + "長" * 61), 7, "a term is a word or a short phrase"),
+    (PROFILED.replace("asks: 証明書の更新は？", "asks: " + "あ" * 201), 9, "at most 200"),
+    (PROFILED.replace("asks: How do I renew my certificate?", "asks: 証明書の更新は？"), 10, "already in the asks"),
     (MINIMAL.replace("## 1. 節\n", "## 1. 節\n\n浮いた本文\n"), 5, "text outside a programme"),
 ])
 def test_malformed_files_name_file_and_line(tmp_path, text, line, message):

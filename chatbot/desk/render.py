@@ -18,6 +18,7 @@ from chatbot import text
 INPIT_DESK = ("INPIT知財総合支援窓口", "https://chizai-portal.inpit.go.jp/")
 FAQ_PORTAL = ("知的財産相談・支援ポータルサイト", "https://faq.inpit.go.jp/")
 OTHERS_SHOWN = 3  # further candidates under <details>
+SUGGESTED = 3  # programmes offered as choices when the search is not sure
 
 
 def esc(value: str) -> str:
@@ -133,11 +134,27 @@ def abstained_html(message: str = "") -> str:
             f"<li>{link(FAQ_PORTAL[1], FAQ_PORTAL[0])}（よくある質問）</li></ul>")
 
 
+def suggest_html(results: list[dict], question: str, titles: dict[str, str]) -> str:
+    """Low confidence: the nearest programmes as choices, and a word that staff can help."""
+    items = []
+    for r in results:
+        first = r["urls"][0] if r["urls"] else ""
+        items.append(f'<li><b>{esc(r["title"])}</b><br><span class="desk-crumb">{esc(r["breadcrumb"])}</span>'
+                     f'<br>{highlight(r["text"], question)}'
+                     + (f"<br>{link(first, titles.get(first, ''))}" if first else "") + "</li>")
+    return ('<p class="desk-lead">はっきりとは分かりませんでしたが、近いと思われる施策はこちらです。'
+            '下のボタンから選ぶと詳しく表示します。</p>'
+            f'<ol class="desk-suggest">{"".join(items)}</ol>'
+            '<p>どれも違うときは、窓口の担当者にお声がけください。一緒にお探しします。</p>')
+
+
 def answer_html(answer: dict, titles: dict[str, str], followed_title: str = "") -> str:
     """The chat message for one answer (answer.to_json())."""
     if answer["abstained"] or not answer["results"]:
         return abstained_html(answer.get("message", ""))
     best, rest = answer["results"][0], answer["results"][1:]
+    if answer.get("decision") == "suggest":
+        return suggest_html(answer["results"][:SUGGESTED], answer["query"], titles)
     if answer.get("followed_context"):
         lead = f"「{followed_title or best['title']}」についてのお答えです。"
     elif answer["ambiguous"]:

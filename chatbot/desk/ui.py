@@ -36,8 +36,8 @@ CSS = """
 .desk-title { margin: .2em 0 .1em; font-size: 1.1em; font-weight: 700; }
 .desk-crumb { opacity: .75; font-size: .85em; margin: 0 0 .4em; }
 .desk-passage { margin: .3em 0; padding: .4em .7em; border-left: 3px solid var(--color-accent); }
-.desk-passage mark, .desk-others mark { background: #ffe58a; color: inherit; padding: 0 1px; }
-.desk-src ul, .desk-others ol { margin: .2em 0 .2em 1.2em; padding: 0; }
+.desk-passage mark, .desk-others mark, .desk-suggest mark { background: #ffe58a; color: inherit; padding: 0 1px; }
+.desk-src ul, .desk-others ol, .desk-suggest { margin: .2em 0 .2em 1.2em; padding: 0; }
 .desk-chat a, .desk-qr a, .desk-passage { overflow-wrap: anywhere; }
 .desk-qr { text-align: center; }
 .desk-qr-code svg { width: 180px; height: 180px; max-width: 100%; }
@@ -116,9 +116,13 @@ def _visitor_tab(desk) -> None:
         followed = desk.programmes[context].title if context in desk.programmes else ""
         history.append({"role": "user", "content": esc(question)})
         history.append({"role": "assistant", "content": render.answer_html(out, desk.link_titles, followed)})
-        best = out["results"][0]["key"] if out["results"] and not out["abstained"] else ""
+        confident = out["results"] and out.get("decision", "answer") == "answer"
+        best = out["results"][0]["key"] if confident else ""  # a suggestion is not yet the topic
         state["turns"][len(history) - 1] = {"question": question, "key": best}
-        state["candidates"] = [r["key"] for r in out["results"][1:]] if out["ambiguous"] else []
+        if out.get("decision") == "suggest":
+            state["candidates"] = [r["key"] for r in out["results"][:render.SUGGESTED]]
+        else:
+            state["candidates"] = [r["key"] for r in out["results"][1:]] if out["ambiguous"] else []
         panel = gr.update()
         if best:
             state["context"] = best
