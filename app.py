@@ -54,7 +54,7 @@ def open_searcher():
         builder = embed.load_encoder(config.model_name(), runtime="sentence-transformers")
         # reuse_current: a desk started alongside may have built it while this one waited for the lock
         built = index.build(config.corpus_dir(), config.index_dir(), builder, progress=True, reuse_current=True)
-    return search.Searcher(built, encoder)
+    return search.Searcher(built, encoder, bank_file=config.bank_file())
 
 
 def create_app(data_dir: Path | None = None, db: str | None = None, replica: str | None = None,

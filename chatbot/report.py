@@ -18,25 +18,37 @@ from chatbot import evaluation, plots
 
 REPO = Path(__file__).resolve().parent.parent
 QUERIES = REPO / "eval" / "queries.jsonl"
+REAL_STYLE = REPO / "eval" / "real_style.jsonl"
+BASELINE = REPO / "eval" / "baseline.json"  # the same sets on main before profiles and the bank
 DEV = REPO / "tests" / "data" / "dev_queries.jsonl"  # copy of shared/eval/dev_queries.jsonl
 RESULTS = REPO / "bench" / "results"
 METHODS = ("hybrid", "dense", "bm25")
-COLUMNS = ["n", "hit@1", "hit@3", "mrr@10", "url@1", "abstain_precision", "abstain_recall", "false_abstain_rate"]
+COLUMNS = ["n", "hit@1", "hit@3", "mrr@10", "url@1", "abstain_precision", "abstain_recall", "false_abstain_rate",
+           "in_scope_suggest", "out_of_scope_answer"]
 
 
 def query_sets() -> dict[str, list[evaluation.Query]]:
     ours = evaluation.load_queries([QUERIES])
+    real = evaluation.load_queries([REAL_STYLE])
     return {
+        "real-style test (held out, written blind)": [q for q in real if q.split == "test"],
+        "real-style tune": [q for q in real if q.split == "tune"],
+        "real-style English (both splits)": [q for q in real if q.kind == "english" or (q.query.isascii() and q.in_scope)],
         "test (held out)": [q for q in ours if q.split == "test"],
         "tune": [q for q in ours if q.split == "tune"],
         "dev (shared)": evaluation.load_queries([DEV]),
         "follow-ups (both splits)": [q for q in ours if q.context],
         "English (both splits)": [q for q in ours if q.kind == "english"],
+        "English (test)": [q for q in ours if q.kind == "english" and q.split == "test"],
     }
 
 
 def generate(searcher, out: Path = REPO / "eval" / "REPORT.md") -> Path:
+    from chatbot.search import Searcher
+
     sets = query_sets()
+    no_bank = Searcher(searcher.index, searcher.encoder, searcher.settings, use_bank=False)
+    baseline = json.loads(BASELINE.read_text(encoding="utf-8")) if BASELINE.exists() else {}
     lines = [
         "# madoguchi — evaluation report",
         "",
@@ -50,7 +62,9 @@ def generate(searcher, out: Path = REPO / "eval" / "REPORT.md") -> Path:
         "",
         "The search settings were chosen on the **tune** split only (`python -m chatbot calibrate`);",
         "**test** is held out. The tune figures of the abstention are in-sample (its kNN feature",
-        "knows those questions), so read abstention on test and dev.",
+        "knows those questions), so read abstention on test and dev. `hybrid, no bank` leaves the",
+        "question bank out (profile asks and bank file; the profile terms stay); `before` is main",
+        f"at {baseline.get('commit', '?')} (no profiles, no bank, two outcomes) on the same questions.",
         "",
     ]
     hybrid_runs = {}
@@ -58,22 +72,37 @@ def generate(searcher, out: Path = REPO / "eval" / "REPORT.md") -> Path:
         lines += [f"## {name}", "", "| method | " + " | ".join(COLUMNS) + " | p50 ms | p95 ms |",
                   "|---|" + "---|" * (len(COLUMNS) + 2)]
         results, runs = [], {}
-        for method in METHODS:
-            runs[method] = evaluation.run(searcher, queries, method)
-            m = evaluation.metrics(runs[method], method)
-            results.append(m)
-            cells = ["-" if m[c] is None else str(m[c]) for c in COLUMNS]
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {m['latency_ms']['p50']} | {m['latency_ms']['p95']} |")
+        rows = [(method, searcher, method) for method in METHODS]
+        rows.insert(1, ("hybrid, no bank", no_bank, "hybrid"))
+        for label, engine, method in rows:
+            run = evaluation.run(engine, queries, method)
+            m = evaluation.metrics(run, method)
+            if engine is searcher:
+                runs[method] = run
+                results.append(m)
+            cells = ["-" if m.get(c) is None else str(m[c]) for c in COLUMNS]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {m['latency_ms']['p50']} | {m['latency_ms']['p95']} |")
+        for before in _before(baseline.get(name)):
+            cells = ["-" if before.get(c) is None else str(before[c]) for c in COLUMNS]
+            lines.append(f"| before: {before['method']} | " + " | ".join(cells) + " | | |")
         hybrid_runs[name] = runs
         lines.append("")
-        if name.startswith("test"):
-            slug = "test"
+        if name.startswith(("test", "real-style test")):
+            slug = "test" if name.startswith("test") else "real-style-test"
             for path in plots.evaluation(results, runs, searcher.settings, out.parent / "plots" / slug):
                 lines.append(f"![{path.stem}](plots/{path.name})")
             lines.append("")
     lines += _benchmarks()
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
+
+
+def _before(saved) -> list[dict]:
+    """The baseline's rows for a set (a metrics dict or a list of them, as `eval --json` wrote)."""
+    if not saved:
+        return []
+    saved = saved.get("metrics", saved) if isinstance(saved, dict) else saved
+    return saved if isinstance(saved, list) else [saved]
 
 
 def _benchmarks() -> list[str]:

@@ -14,7 +14,7 @@ from chatbot.desk import render
 from logdb import eventually, query
 
 REPO = Path(__file__).resolve().parent.parent
-ASK_KEYS = {"query", "abstained", "ambiguous", "results", "confidence", "followed_context"}
+ASK_KEYS = {"query", "abstained", "ambiguous", "decision", "results", "confidence", "followed_context"}
 RESULT_KEYS = {"key", "title", "section", "text", "urls", "score", "subitem", "breadcrumb"}
 
 
@@ -43,6 +43,16 @@ def test_answer_html_escapes_question_and_corpus():
     assert '<h3 class="desk-title">&lt;img src=x onerror=&quot;alert(1)&quot;&gt;</h3>' in out
     assert '<a href="https://example.jp/?a=1&amp;b=2" target="_blank" rel="noopener noreferrer">' in out
     assert "<li>javascript:alert(1)</li>" in out  # not a link
+
+
+def test_suggest_html_offers_the_nearest_as_choices_and_the_staff():
+    evil = "<script>alert(1)</script>"
+    results = [{"key": f"{i}.(1)", "title": f"{evil}{i}", "breadcrumb": "b", "text": "本文", "urls": []}
+               for i in range(1, 6)]
+    out = render.answer_html({"query": evil, "abstained": False, "ambiguous": False, "decision": "suggest",
+                              "results": results}, {})
+    assert "近いと思われる施策" in out and "窓口の担当者" in out
+    assert out.count("<li>") == render.SUGGESTED and "<script" not in out and render.audit(out) == []
 
 
 def test_abstained_html_points_to_the_desks():

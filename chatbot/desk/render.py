@@ -139,7 +139,7 @@ def suggest_html(results: list[dict], question: str, titles: dict[str, str]) -> 
     items = []
     for r in results:
         first = r["urls"][0] if r["urls"] else ""
-        items.append(f'<li><b>{esc(r["title"])}</b><br><span class="desk-crumb">{esc(r["breadcrumb"])}</span>'
+        items.append(f'<li><h3 class="desk-title">{esc(r["title"])}</h3><span class="desk-crumb">{esc(r["breadcrumb"])}</span>'
                      f'<br>{highlight(r["text"], question)}'
                      + (f"<br>{link(first, titles.get(first, ''))}" if first else "") + "</li>")
     return ('<p class="desk-lead">はっきりとは分かりませんでしたが、近いと思われる施策はこちらです。'
