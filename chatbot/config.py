@@ -56,7 +56,11 @@ def bank_file(corpus: Path | None = None) -> Path:
     return _path("MADOGUCHI_BANK", (corpus or corpus_dir()) / "bank.jsonl")
 
 
+def slug(model_id: str) -> str:
+    """A model id as a file name (calibration, bank cache)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
+
+
 def bank_cache(model_id: str) -> Path:
     """Cached vectors of the bank's questions for one model."""
-    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
-    return cache_dir() / "bank" / f"{slug}.npz"
+    return cache_dir() / "bank" / f"{slug(model_id)}.npz"

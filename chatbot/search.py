@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chatbot import aliases, bank, text
+from chatbot import aliases, bank, config, text
 from chatbot.errors import QueryError
 
 MAX_QUERY_CHARS = 1000
@@ -38,7 +39,7 @@ CALIBRATION = Path(__file__).with_name("calibration")  # <model slug>.json and .
 
 
 def calibration_files(model_id: str) -> tuple[Path, Path]:
-    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
+    slug = config.slug(model_id)
     return CALIBRATION / f"{slug}.json", CALIBRATION / f"{slug}.npz"
 
 
@@ -184,8 +185,6 @@ class Searcher:
         self.idf_unknown = math.log((self._all + 1) / 0.5)
         self.use_bank, self.bank_file = use_bank, Path(bank_file) if bank_file else None
         if bank_cache is None and self.bank_file is not None:
-            from chatbot import config
-
             bank_cache = config.bank_cache(index.model_id)
         self._bank_vectors = bank.Vectors(encoder, bank_cache)
         self.bank = self._load_bank()
@@ -208,7 +207,11 @@ class Searcher:
             return self._empty(query, f"質問が長すぎます（{len(clean)}文字）。{MAX_QUERY_CHARS}文字以内でお願いします。", started)
 
         if self.use_bank and bank.stamp(self.bank_file) != self.bank.stamp:
-            self.bank = self._load_bank()  # staff added a question: it counts from this one on
+            try:
+                self.bank = self._load_bank()  # staff added a question: it counts from this one on
+            except bank.BankError as e:  # a hand-edited bank with a bad line must not stop the desk
+                print(f"madoguchi: the question bank was not reloaded: {e}", file=sys.stderr, flush=True)
+                self.bank.stamp = bank.stamp(self.bank_file)  # say it once, keep the bank that worked
         ranking = self.rank(clean, method)
         s = self.settings
         confidence = _sigmoid(float(np.dot(s.abstain_weights, ranking.features)) + s.abstain_bias)

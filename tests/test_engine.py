@@ -305,6 +305,10 @@ def test_a_labelled_question_in_the_bank_answers_at_once(built, encoder, tmp_pat
     assert bank.add(bank_file, [{"key": before[0], "question": question}], set(s.slot))["relabelled"] == 1
     assert s.search(question).results[0].key == before[0]
     assert search.Searcher(built, encoder, use_bank=False, bank_file=bank_file).bank.entries == []
+    with open(bank_file, "a", encoding="utf-8") as f:  # a hand edit gone wrong: the desk keeps answering
+        f.write("not json\n")
+    kept = s.search(question)
+    assert kept.results[0].key == before[0] and len(s.bank.entries) == len(built.asks) + 1
 
 
 def test_bank_file_errors_name_file_and_line(tmp_path):
