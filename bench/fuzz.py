@@ -38,7 +38,7 @@ DEFAULT_JSON = REPO / "bench" / "results" / "fuzz.json"
 
 from chatbot.desk.render import audit  # noqa: E402  the renderer's own tag/attribute contract
 
-ANSWER_KEYS = {"query", "abstained", "ambiguous", "results", "confidence", "followed_context"}
+ANSWER_KEYS = {"query", "abstained", "ambiguous", "decision", "results", "confidence", "followed_context"}
 RESULT_KEYS = {"key", "title", "section", "text", "urls", "score", "subitem", "breadcrumb"}
 
 SNIPPETS = [

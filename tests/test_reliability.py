@@ -89,7 +89,7 @@ ANY_TEXT = st.one_of(
                                                     "<mark>", "&lt;b&gt;", "<!--", "<svg/onload=alert(1)>"]),
               st.text(max_size=40)).map("".join),
 )
-ANSWER_KEYS = {"query", "abstained", "ambiguous", "results", "confidence", "followed_context"}
+ANSWER_KEYS = {"query", "abstained", "ambiguous", "decision", "results", "confidence", "followed_context"}
 RESULT_KEYS = {"key", "title", "section", "text", "urls", "score", "subitem", "breadcrumb"}
 
 
