@@ -115,14 +115,17 @@ def result_html(result: dict, question: str, titles: dict[str, str], lead: str =
 def others_html(results: list[dict], question: str, titles: dict[str, str]) -> str:
     if not results:
         return ""
-    items = []
-    for r in results[:OTHERS_SHOWN]:
-        first = r["urls"][0] if r["urls"] else ""
-        items.append(f'<li><b>{esc(r["title"])}</b><br><span class="desk-crumb">{esc(r["breadcrumb"])}</span>'
-                     f'<br>{highlight(r["text"], question)}'
-                     + (f"<br>{link(first, titles.get(first, ''))}" if first else "") + "</li>")
+    items = [_candidate(r, question, titles, f'<b>{esc(r["title"])}</b><br>') for r in results[:OTHERS_SHOWN]]
     return (f'<details class="desk-others"><summary>ほかの候補（{len(items)}件）</summary>'
             f'<ol>{"".join(items)}</ol></details>')
+
+
+def _candidate(r: dict, question: str, titles: dict[str, str], heading: str) -> str:
+    """One candidate programme as a list item: heading, breadcrumb, highlighted passage, first link."""
+    first = r["urls"][0] if r["urls"] else ""
+    return (f'<li>{heading}<span class="desk-crumb">{esc(r["breadcrumb"])}</span>'
+            f'<br>{highlight(r["text"], question)}'
+            + (f"<br>{link(first, titles.get(first, ''))}" if first else "") + "</li>")
 
 
 def abstained_html(message: str = "") -> str:
@@ -136,12 +139,7 @@ def abstained_html(message: str = "") -> str:
 
 def suggest_html(results: list[dict], question: str, titles: dict[str, str]) -> str:
     """Low confidence: the nearest programmes as choices, and a word that staff can help."""
-    items = []
-    for r in results:
-        first = r["urls"][0] if r["urls"] else ""
-        items.append(f'<li><h3 class="desk-title">{esc(r["title"])}</h3><span class="desk-crumb">{esc(r["breadcrumb"])}</span>'
-                     f'<br>{highlight(r["text"], question)}'
-                     + (f"<br>{link(first, titles.get(first, ''))}" if first else "") + "</li>")
+    items = [_candidate(r, question, titles, f'<h3 class="desk-title">{esc(r["title"])}</h3>') for r in results]
     return ('<p class="desk-lead">はっきりとは分かりませんでしたが、近いと思われる施策はこちらです。'
             '下のボタンから選ぶと詳しく表示します。</p>'
             f'<ol class="desk-suggest">{"".join(items)}</ol>'
