@@ -34,7 +34,7 @@ import numpy as np
 from chatbot import __version__, bank, corpus, passages, text
 from chatbot.errors import IndexStateError
 
-FORMAT = 2  # 2: profile units in passages.jsonl, asks.jsonl + asks.npy
+FORMAT = 3  # 2: profile units, asks.jsonl + asks.npy; 3: BM25 terms without English function words
 LOCK = ".build-lock"  # held while a build runs (see build)
 # Above this many passages an approximate FAISS index (HNSW) replaces the flat one. Measured by
 # bench/faiss_scale.py (384-d, this 2-core machine, 2026-11-25): flat p95 per single query with

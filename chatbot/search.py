@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from chatbot import aliases, bank, config, text
+from chatbot import aliases, bank, config, readings, text
 from chatbot.errors import QueryError
 
 MAX_QUERY_CHARS = 1000
 METHODS = ("hybrid", "dense", "bm25")
 DECISIONS = ("answer", "suggest", "none")
+GENERIC_SHARE = 0.1  # a term in this share of the passages names no programme (see _names_topic)
 DENSE_CANDIDATES = 1_000  # nearest passages asked of an approximate (HNSW) index; see Searcher._dense
 CALIBRATION = Path(__file__).with_name("calibration")  # <model slug>.json and .npz per model
 
@@ -146,6 +147,8 @@ class Ranking:
     bank: np.ndarray  # per programme: cosine of its nearest labelled question (-1 without)
     best: np.ndarray  # per programme: index of its best real passage (the one shown)
     features: np.ndarray  # abstention features
+    covered: float = 0.0  # share of the question's terms in the best BM25 passage (any script)
+    terms: list[str] = field(default_factory=list)  # the question's BM25 terms, typos corrected
     order: np.ndarray = field(default=None)  # programme indices, best first
 
     def __post_init__(self):
@@ -172,6 +175,7 @@ class Searcher:
         self.owner = np.array([self.slot[p.key] for p in items])
         self.shown = np.array([not p.profile for p in items])  # profile units are never shown
         self.vocab = index.bm25.vocab_dict
+        self.readings = readings.Readings(self.vocab)
         self.aliases = aliases.learn(items)
         self.examples = Examples.for_model(index.model_id)
         self._all = len(items)
@@ -222,15 +226,17 @@ class Searcher:
         if context:
             ctx = self.slot[context]
             # Leave the programme under discussion only for a question that, read alone, is
-            # confidently about another one and does not point back (その制度, それ).
-            leaves = (confidence >= s.switch_confidence and order[0] != ctx
+            # confidently about another one (an "answer", not a "suggest") and does not point
+            # back (その制度, それ, it).
+            leaves = (decision == "answer" and confidence >= s.switch_confidence and order[0] != ctx
                       and ranking.fused[order[0]] - ranking.fused[ctx] > s.switch_margin * ranking.fused[order[0]]
-                      and not text.refers_back(clean))
-            # A question that reads as out of scope alone ("支援期間は？", "どれくらい安くなるの？")
-            # is a follow-up, unless it sits nearer the off-topic examples and shares no term
-            # with any passage ("今日の天気は？").
-            off_topic = (abstained and ranking.features[5] > 0 and ranking.features[2] == 0
-                         and not text.refers_back(clean))
+                      and self._names_topic(ranking.terms)
+                      and (text.changes_topic(clean) or not text.refers_back(clean)))
+            # A question that reads as out of scope alone ("支援期間は？", "どれくらい安くなるの？",
+            # "Do you have the link?") is a follow-up, unless it sits nearer the off-topic
+            # examples and shares no term with any passage ("今日の天気は？").
+            off_topic = (abstained and ranking.features[5] > 0 and ranking.covered == 0
+                         and not text.refers_back(clean) and not text.asks_for_link(clean))
             if not leaves and not off_topic:
                 order = [ctx] + [i for i in order if i != ctx]
                 decision, abstained, stayed = "answer", False, context
@@ -253,7 +259,7 @@ class Searcher:
     def rank(self, clean: str, method: str = "hybrid", exclude: int | None = None) -> Ranking:
         """Score every programme for a normalised question (`exclude`: an example to leave out)."""
         expanded = aliases.expand(clean, self.aliases)
-        terms = text.tokens(expanded)
+        terms = self.readings.correct(text.tokens(expanded))
         lexical_p = self._bm25(terms)
         dense_p, vector = self._dense(expanded)
         dense = _per_programme(dense_p, self.owner, len(self.keys), floor=-1.0)
@@ -270,8 +276,9 @@ class Searcher:
         near = self.bank.best(vector, len(self.keys))
         if method == "hybrid" and self.settings.bank_weight:
             fused = fused + self.settings.bank_weight * _bank_score(near, self.settings.bank_floor)
-        features = self._features(clean, dense, lexical_p, terms, vector, exclude, float(near.max()))
-        return Ranking(self.keys, fused, dense, lexical, near, best, features)
+        covered = self._covered(terms, lexical_p)
+        features = self._features(clean, dense, lexical_p, covered, vector, exclude, float(near.max()))
+        return Ranking(self.keys, fused, dense, lexical, near, best, features, covered, terms)
 
     # -- parts ------------------------------------------------------------------------------
     def _dense(self, clean: str) -> tuple[np.ndarray, np.ndarray]:
@@ -306,13 +313,31 @@ class Searcher:
         lexical_weight = (1 - s.dense_weight) * japanese
         return (1 - lexical_weight) * _minmax(dense) + lexical_weight * _minmax(lexical)
 
-    def _features(self, clean: str, dense: np.ndarray, lexical_p: np.ndarray, terms: list[str],
+    def _names_topic(self, terms: list[str]) -> bool:
+        """Does the question name something of its own? Terms found in at least GENERIC_SHARE
+        of the passages (大学, 対象, 中小企業) and terms the corpus lacks do not: 「大学でも対象
+        になりますか」 in a conversation asks about the programme under discussion."""
+        generic = math.log((self._all + 1) / (GENERIC_SHARE * self._all + 0.5))
+        return any(self.idf.get(t, 0.0) > generic for t in terms if t in self.idf)
+
+    def _covered(self, terms: list[str], lexical_p: np.ndarray) -> float:
+        """The share of the question's information (IDF-weighted terms) that the best BM25
+        passage contains; terms unknown to the corpus weigh the most."""
+        content = list(dict.fromkeys(t for t in terms if not t.isdigit()))
+        if not content or lexical_p.max() <= 0:
+            return 0.0
+        best = int(np.argmax(lexical_p))
+        weights = np.array([self.idf.get(t, self.idf_unknown) for t in content])
+        inside = np.array([t in self.passage_terms[best] for t in content])
+        return float(weights[inside].sum() / weights.sum())
+
+    def _features(self, clean: str, dense: np.ndarray, lexical_p: np.ndarray, covered: float,
                   vector: np.ndarray, exclude: int | None, nearest_bank: float) -> np.ndarray:
         """Abstention features, each a way of asking "does some programme really answer this?".
 
         0 the best dense cosine; 1 how far it stands above the field (z-score over programmes);
-        2 the share of the question's information (IDF-weighted terms) that the best BM25
-        passage contains, terms unknown to the corpus weighing the most; 3 log(1 + BM25 max);
+        2 the share of the question's information covered by the best BM25 passage (_covered);
+        3 log(1 + BM25 max);
         4 the share of Latin letters in the question. The corpus is Japanese, so lexical
         evidence means nothing for an English question: 2 and 3 are scaled by (1 - 4).
         5 how much nearer the question is to a labelled out-of-scope tuning question than to
@@ -321,13 +346,6 @@ class Searcher:
         """
         ranked = np.sort(dense)[::-1]
         peak = (ranked[0] - ranked.mean()) / (ranked.std() + 1e-6)
-        content = list(dict.fromkeys(t for t in terms if not t.isdigit()))
-        covered = 0.0
-        if content and lexical_p.max() > 0:
-            best = int(np.argmax(lexical_p))
-            weights = np.array([self.idf.get(t, self.idf_unknown) for t in content])
-            inside = np.array([t in self.passage_terms[best] for t in content])
-            covered = float(weights[inside].sum() / weights.sum())
         latin = latin_share(clean)
         japanese = 1.0 - latin
         knn = self.examples.margin(vector, exclude, nearest_bank) if self.examples is not None else 0.0

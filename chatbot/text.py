@@ -23,6 +23,21 @@ _COMPOUND_POS1 = {"名詞", "接頭辞", "接尾辞"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _WAVES = str.maketrans({"〜": "~", "～": "~", "〰": "~"})
+# A dash typed for the long vowel mark inside a katakana word (ネットワ-ク, ｻｰﾋﾞｽ aside).
+_KATAKANA_DASH = re.compile(r"(?<=[ァ-ヺ])[-‐‑–—―−﹣－](?=[ァ-ヺ]|$|\s)")
+# English function words: they carry no topic, yet the corpus's English link titles and
+# profile terms contain them, so "What is the weather?" would share "the" with a programme.
+_ENGLISH_STOP = frozenset("""a an the is are was were be been am do does did have has had i you we
+they he she it its my your our their me us them this that these those what which who whom how
+when where why can could will would should may might must shall of to in on at for with by from
+about as into and or but if so not no any some there here please""".split())
+# English words that point back at what was said, like その・それ: "How much does it cost?"
+# Not "that" or "there": mostly relative ("a fund that…") and existential ("is there…").
+_ENGLISH_BACK = frozenset("it its this these those they them".split())
+_TOPIC_CHANGE = ("ところで", "それとは別", "それとは違", "別件", "別の話", "話は変わ", "話が変わ", "話変わ",
+                 "by the way", "btw", "separately", "another question", "on another note", "different question",
+                 "unrelated", "changing the subject", "also,")
+_LINK_WORDS = frozenset("url urls link links website site page homepage web リンク サイト ホームページ ページ ウェブ".split())
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])")
 _LATIN_RUN = re.compile(r"[a-z0-9]+(?:[-・.&']?[a-z0-9]+)*")
 _LATIN_SEP = re.compile(r"[-・.&']")
@@ -43,6 +58,7 @@ def normalise(text: str) -> str:
     text = _CONTROL.sub(" ", text)  # invisible and control characters break tokens and layout
     text = unicodedata.normalize("NFKC", text)  # ＩＰＡＳ→IPAS, ｽﾀｰﾄｱｯﾌﾟ→スタートアップ, ①→1
     text = text.translate(_WAVES)  # 〜 and ～ are typed interchangeably
+    text = _KATAKANA_DASH.sub("ー", text)
     return re.sub(r"\s+", " ", text).strip()
 
 
@@ -96,7 +112,8 @@ def tokens(text: str) -> list[str]:
             run = []
         if word.pos1 in _COMPOUND_POS1:
             run.append(word.surface)
-        if word.pos1 and word.pos1 not in _SKIP_POS1 and word.pos2 not in _SKIP_POS2:
+        if (word.pos1 and word.pos1 not in _SKIP_POS1 and word.pos2 not in _SKIP_POS2
+                and word.lemma.lower() not in _ENGLISH_STOP):
             terms.append(word.lemma.lower())
     for m in _LATIN_RUN.finditer(normalise(text).lower()):
         joined = _LATIN_SEP.sub("", m.group(0))
@@ -110,13 +127,29 @@ def refers_back(text: str) -> bool:
 
     Read from MeCab's parts of speech: demonstrative adnominals (連体詞 この・その・あの) and
     pronouns (代名詞 それ・そこ・これ); question words (どこ, 何) are pronouns too but ask, not point.
+    In English, the pronouns and demonstratives of _ENGLISH_BACK.
     """
+    if _ENGLISH_BACK.intersection(re.findall(r"[a-z]+", normalise(text).lower())):
+        return True
     for word in words(text):
         if word.pos1 == "連体詞" and word.surface[:1] in "こそあ":
             return True
         if word.pos1 == "代名詞" and word.surface[:1] in "こそあ":
             return True
     return False
+
+
+def changes_topic(text: str) -> bool:
+    """Does the question announce a new topic (ところで, それとは別に, by the way)? Such a
+    marker outweighs a pointing word in the same sentence (それとは別に, "OK, got it. Separately")."""
+    lowered = normalise(text).lower()
+    return any(marker in lowered for marker in _TOPIC_CHANGE)
+
+
+def asks_for_link(text: str) -> bool:
+    """Does the question ask where to read more (the link, the web page)? Every answer carries
+    its programme's URLs, so in a conversation such a question is about the programme shown."""
+    return not _LINK_WORDS.isdisjoint(re.findall(r"[a-z]+|[ァ-ヺー]+", normalise(text).lower()))
 
 
 def sentences(text: str) -> list[str]:

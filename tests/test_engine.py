@@ -287,6 +287,18 @@ def test_an_english_topic_change_leaves_the_programme_under_discussion(searcher)
     assert out.results[0].key == "8.(4)" and not out.context  # the same in Japanese
 
 
+def test_english_and_japanese_follow_ups_without_a_topic_of_their_own_stay(searcher):
+    for question in ("How much does it cost?", "Is there a link to it?", "中小企業でも対象ですか"):
+        out = searcher.search(question, context="2.(2)")
+        assert (out.decision, out.results[0].key, out.context) == ("answer", "2.(2)", "2.(2)"), question
+    assert searcher.search("What is the weather like today?", context="2.(2)").decision == "none"
+
+
+def test_a_typo_that_keeps_the_sound_still_finds_the_programme(searcher):
+    typed, right = searcher.search("産学連係の専門家を紹介してほしい"), searcher.search("産学連携の専門家を紹介してほしい")
+    assert typed.decision == "answer" and typed.results[0].key == right.results[0].key == "3.(3)"
+
+
 def test_a_labelled_question_in_the_bank_answers_at_once(built, encoder, tmp_path):
     from chatbot import bank
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from chatbot.text import normalise, sentences, tokens, words
+from chatbot.readings import Readings, key
+from chatbot.text import asks_for_link, changes_topic, normalise, refers_back, sentences, tokens, words
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -11,7 +12,7 @@ from chatbot.text import normalise, sentences, tokens, words
     ("J-PlatPatの利用回数", ["j", "platpat", "利用", "回数", "利用回数", "jplatpat"]),
     ("INPIT-KANSAIのサービス", ["inpit", "kansai", "サービス", "inpitkansai"]),
     ("English information for overseas applicants",
-     ["english", "information", "for", "overseas", "applicants"]),
+     ["english", "information", "overseas", "applicants"]),  # "for" says nothing of the topic
 ])
 def test_tokens_exact(text, expected):
     assert tokens(text) == expected
@@ -48,3 +49,46 @@ def test_normalise_removes_controls_and_unifies_waves():
 
 def test_sentences_split_at_stops_and_lines():
     assert sentences("あ。い！う？\n- え。\n\nお") == ["あ。", "い！", "う？", "- え。", "お"]
+
+
+def test_a_dash_typed_for_the_long_vowel_becomes_one():
+    assert normalise("ネットワ-ク") == normalise("ネットワ－ク") == "ネットワーク"
+    assert normalise("A-1 グランプリ") == "A-1 グランプリ"  # Latin hyphens stay
+
+
+@pytest.mark.parametrize("question, back, new_topic, link", [
+    ("How much does it cost?", True, False, False),
+    ("Where can I search design registrations?", False, False, False),
+    ("Is there a fund that covers translation?", False, False, False),  # relative "that", existential "there"
+    ("OK, got it. Separately, who helps with trade secrets?", True, True, False),
+    ("それとは別に、営業秘密の相談はできますか", True, True, False),
+    ("その制度のURLは？", True, False, True),
+    ("Do you have the link?", False, False, True),
+    ("ところで、商標の検索サイトはありますか", False, True, True),
+])
+def test_conversation_cues_in_japanese_and_english(question, back, new_topic, link):
+    assert (refers_back(question), changes_topic(question), asks_for_link(question)) == (back, new_topic, link)
+
+
+# -- typos that keep the sound (chatbot/readings.py), on the real MeCab readings --------------------
+
+VOCABULARY = {"産学連携", "連携", "知財戦略デザイナー", "支援機関", "支援", "期間", "補助金", "機関", "帰還"}
+
+
+@pytest.mark.parametrize("typed, corrected", [
+    (["産学連係"], ["産学連携"]),  # wrong kanji from the input method
+    (["連係", "支援"], ["連携", "支援"]),
+    (["知財戦略デサイナー"], ["知財戦略デザイナー"]),  # a voicing mark left out
+    (["ホジョ金"], ["補助金"]),  # katakana for the kanji, small ョ
+    (["支援期間"], ["支援期間"]),  # a new compound of known words, not 支援機関
+    (["きかん"], ["きかん"]),  # too short a reading: 機関 or 帰還?
+    (["ipaz"], ["ipaz"]),  # no kana reading
+])
+def test_unknown_terms_are_replaced_by_corpus_terms_that_sound_the_same(typed, corrected):
+    assert Readings(VOCABULARY).correct(typed) == corrected
+
+
+def test_reading_keys_fold_voicing_small_kana_and_long_vowels():
+    assert key("デザイナー") == key("デサイナ") == key("テサイナー")
+    assert key("補助金") == key("ほじょきん") == "ホシヨキン"
+    assert key("IPAS") == ""
