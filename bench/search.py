@@ -38,7 +38,8 @@ def percentiles(values: list[float]) -> dict:
 def in_process(rounds: int) -> dict:
     """Per query, the bare encoder and the full search, interleaved so both see the same load."""
     encoder = embed.load_encoder(config.model_name())
-    searcher = search.Searcher(index.load(config.index_dir(), model_id=encoder.model_id), encoder)
+    searcher = search.Searcher(index.load(config.index_dir(), model_id=encoder.model_id), encoder,
+                               bank_file=config.bank_file())  # as the desk runs it: the bank file stat()ed
     questions = [q.query for q in evaluation.load_queries([QUERIES]) if not q.context]
     for q in questions[:10]:  # warm-up: thread pools, caches
         searcher.search(q)
