@@ -1,16 +1,16 @@
 """The desk: `python app.py [--host 127.0.0.1] [--port 7860] [--data-dir DIR] [--db URL] [--replica NAME]`.
 
 Loads the index (building it first, with progress on the console, when it is missing or stale),
-then serves the visitor chat, the staff tab and the /search and /feedback APIs. The start path stays
-lean: the ONNX encoder needs neither torch nor sentence-transformers; only a build imports them.
-Many desks can share one PostgreSQL log (--db): see README "Running many desks".
+then serves the visitor chat with the /search and /feedback APIs at /, and the staff console at
+/staff behind a login (chatbot/desk/web.py; accounts: `python -m chatbot staff add NAME`). The start
+path stays lean: the ONNX encoder needs neither torch nor sentence-transformers; only a build
+imports them. Many desks can share one PostgreSQL log (--db): see README "Running many desks".
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -59,8 +59,8 @@ def open_searcher():
 
 def create_app(data_dir: Path | None = None, db: str | None = None, replica: str | None = None,
                port: int | None = None):
-    """(gradio Blocks, Desk): everything but the server. The replica name defaults to
-    $MADOGUCHI_REPLICA, else <hostname>-<port>."""
+    """(visitor Blocks, staff Blocks or None when no staff account exists, Desk): everything but
+    the server. The replica name defaults to $MADOGUCHI_REPLICA, else <hostname>-<port>."""
     from chatbot import config, corpus, store
     from chatbot.desk import service, ui
 
@@ -68,23 +68,33 @@ def create_app(data_dir: Path | None = None, db: str | None = None, replica: str
                            replica or config.replica() or store.default_replica(port))
     try:
         desk = service.Desk(open_searcher(), corpus.load(config.corpus_dir()), log)
+        log.wait_ready(5)  # the schema (and its staff_accounts table) is migrated by the log's writer
+        try:
+            console = ui.build_staff(desk) if desk.accounts.any() else None
+        except store.Unavailable:
+            console = None  # no database, no login: the console stays off
     except BaseException:
         log.close(0)
         raise
-    return ui.build(desk), desk
+    return ui.build(desk), console, desk
 
 
 def main(argv=None) -> None:
+    import threading
+
+    import uvicorn
+
+    from chatbot.desk import web
     from chatbot.errors import MadoguchiError
 
     started = time.perf_counter()
     args = parse_args(argv)
     if args.host not in LOCAL_HOSTS:
         print(f"madoguchi: WARNING: listening on {args.host}: anyone who can reach this machine can use the desk "
-              "and its staff tab (there is no login). Use the default 127.0.0.1 unless that is intended.",
+              "(the staff console at /staff asks for a login). Use the default 127.0.0.1 unless that is intended.",
               file=sys.stderr, flush=True)
     try:
-        app, desk = create_app(args.data_dir, args.db, args.replica, args.port)
+        visitor, console, desk = create_app(args.data_dir, args.db, args.replica, args.port)
     except MadoguchiError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -94,22 +104,30 @@ def main(argv=None) -> None:
     else:
         print(f"madoguchi: WARNING: the log's database is not available ({log.last_error or 'no answer yet'}); "
               f"the desk answers anyway and keeps records in {log.spool_path} until it is", file=sys.stderr, flush=True)
-    app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
-    app.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True,
-               share=False, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
-               run_history=False, footer_links=["api"], show_error=False,
-               theme="default", css=_css())
-    print(f"madoguchi: ready at http://{args.host}:{args.port} in {time.perf_counter() - started:.1f} s "
-          f"(log: {log.backend.label})", flush=True)
-    # systemd stops a desk with SIGTERM: leave through the `finally` below, so the log writes what it can.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if console is None:
+        print("madoguchi: the staff console is off: no staff account "
+              "(create one with `python -m chatbot staff add NAME`, then restart)", flush=True)
+    for blocks in (visitor, console):
+        if blocks is not None:
+            blocks.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    app = web.create(visitor, console, desk.accounts, theme="default", css=_css())
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           access_log=False, server_header=False, timeout_graceful_shutdown=5))
+
+    def announce():
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            print(f"madoguchi: ready at http://{args.host}:{args.port} in {time.perf_counter() - started:.1f} s "
+                  f"(log: {log.backend.label}; staff console: {'/staff' if console else 'off'})", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
     try:
-        app.block_thread()
-    except KeyboardInterrupt:
-        pass
+        server.run()  # SIGTERM (systemd) and Ctrl-C end it gracefully
     finally:
-        app.close()
         log.close(5)  # what is not written by then stays in the spool for the next start
+    if not server.started:
+        sys.exit(1)  # the port was taken, say
 
 
 def _css() -> str:

@@ -29,6 +29,7 @@ EPILOG = """examples:
   python -m chatbot bench --only search
 
   python -m chatbot db status --db postgresql://madoguchi@127.0.0.1/madoguchi
+  python -m chatbot staff add sato     # a console login (asks for the password twice)
 
 environment: MADOGUCHI_CORPUS, MADOGUCHI_INDEX, MADOGUCHI_DATA, MADOGUCHI_CACHE, MADOGUCHI_MODEL,
 MADOGUCHI_DB, MADOGUCHI_REPLICA, MADOGUCHI_BANK: move the corpus, index, desk data, model cache,
@@ -137,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="clear: really delete")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_db)
+
+    p = commands.add_parser("staff", help="staff accounts for the console at /staff (kept in the log's database)")
+    p.add_argument("action", choices=["add", "remove", "list"],
+                   help="add: create an account or set a new password (also unlocks); remove; list")
+    p.add_argument("name", nargs="?", help="the staff member's login name (add, remove)")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="add: read the password from the first line of stdin instead of asking")
+    p.add_argument("--db", metavar="URL", help="as for db (default: $MADOGUCHI_DB, else SQLite in the data directory)")
+    p.add_argument("--data-dir", type=Path, help="as for db (default: $MADOGUCHI_DATA or ./data)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_staff)
     return parser
 
 
@@ -431,3 +443,44 @@ def cmd_db(args) -> None:
         return
     for k, v in out.items():
         print(f"{k}: {v}")
+
+
+def cmd_staff(args) -> None:
+    """Console accounts; passwords are asked for (or read from stdin), never taken as arguments."""
+    import getpass
+
+    from chatbot import staff, store
+    from chatbot.errors import StoreError
+
+    if args.action != "list" and not args.name:
+        raise StoreError(f"staff {args.action} needs a name: python -m chatbot staff {args.action} NAME")
+    backend = store.open_backend(config.db_url() if args.db is None else args.db, args.data_dir or config.data_dir())
+    try:
+        backend.migrate()
+        accounts = staff.Accounts(backend)
+        if args.action == "add":
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\r\n")
+            else:
+                password = getpass.getpass(f"password for {args.name}: ")
+                if getpass.getpass("again: ") != password:
+                    raise StoreError("the two passwords differ; nothing changed")
+            accounts.add(args.name, password)
+            out = {"added": args.name, "store": backend.label}
+        elif args.action == "remove":
+            if not accounts.remove(args.name):
+                raise StoreError(f"no staff account {args.name!r} in {backend.label}")
+            out = {"removed": args.name, "store": backend.label}
+        else:
+            out = {"accounts": accounts.list(), "store": backend.label}
+    except store.Unavailable as e:
+        raise StoreError(f"{backend.label}: {e}") from None
+    finally:
+        getattr(backend, "close", lambda: None)()
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+    elif args.action == "list":
+        for a in out["accounts"]:
+            print(f"{a['name']}\tsince {a['created_at']}" + ("\tLOCKED" if a["locked"] else ""))
+    else:
+        print(f"{args.action}{'ed' if args.action == 'add' else 'd'}: {args.name} ({backend.label})")

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from chatbot import search as search_mod
-from chatbot import text
+from chatbot import staff, text
 from chatbot.errors import QueryError
 
 
@@ -20,6 +20,7 @@ class Desk:
     def __init__(self, searcher, programmes, store):
         self.searcher = searcher
         self.store = store
+        self.accounts = staff.Accounts(store.backend)  # the console's logins, in the log's database
         self.programmes = {p.key: p for p in programmes}
         self.sections: dict[str, list] = {}
         for p in programmes:
@@ -76,6 +77,22 @@ class Desk:
             return {**out, "error": f"helpful must be true or false, got {helpful!r}"}
         uid = self.store.log_feedback("api", question, key, bool(helpful))
         return {**out, "helpful": bool(helpful), "recorded": bool(uid), "id": uid}
+
+    def correct(self, question: str, key: str, staff: str) -> str:
+        """「正しい施策はこれ」 from the console: the question goes into the question bank under `key`
+        (answered by it from the next search on) and the vote into the log, both with the staff name."""
+        from chatbot import bank
+
+        path = self.searcher.bank_file
+        if path is None:
+            return "⚠️ 質問バンクが設定されていません（MADOGUCHI_BANK）。"
+        try:
+            done = bank.add(path, [{"key": key, "question": question}], set(self.programmes), source="console", by=staff)
+        except (bank.BankError, OSError) as e:
+            return f"⚠️ 登録できませんでした: {e}"
+        self.store.log_feedback("staff", question, key, True, staff=staff)
+        verb = "付け替えました" if done.get("relabelled") else "登録しました" if done.get("added") else "登録済みです"
+        return f"質問バンクに{verb}（{key}）。次の検索から使われます。"
 
     def ranking(self, question: str, top_k: int = 10) -> list[dict]:
         """The first `top_k` programmes by fused score, also when the search abstains (staff view)."""

@@ -1,4 +1,6 @@
-"""The desk's Blocks: the visitor chat (default tab), the staff tab, and the /search endpoint.
+"""The desk's two Blocks: the visitor chat with the pinned /search and /feedback APIs, and the
+staff console (served under /staff behind a login, see chatbot/desk/web.py). They are separate
+apps, so no staff event exists in the visitor app under any name or fn_index.
 
 Per-session state only (gr.State): the programme the conversation is on (passed to the search as
 its context, so 「それの料金は？」 stays on it), the visitor's audience, the もしかして candidates,
@@ -6,7 +8,6 @@ and which chat message answered which question (for 👍/👎). Nothing is share
 
 The chat renders HTML that chatbot.desk.render built from escaped text; markdown is off (a typed
 `[x](javascript:…)` or `**` stays text) and Gradio's sanitiser stays on as a second line.
-Only /search and /feedback are documented APIs; the staff events are undocumented, the rest private.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ EXAMPLES = [
     "大学の研究成果を特許にしたい",
 ]
 NEW_SESSION = {"context": "", "audience": "", "candidates": [], "turns": {}}
+CACHE_CLEANING = (600, 3600)  # every 10 minutes, Gradio's temporary files older than an hour go
 
 CSS = """
 .desk-title { margin: .2em 0 .1em; font-size: 1.1em; font-weight: 700; }
@@ -46,20 +48,34 @@ CSS = """
 """
 
 
+TITLE = "## 相談窓口 — 知的財産の支援施策ガイド\n"
+
+
 def build(desk) -> gr.Blocks:
-    """The whole app for one Desk (chatbot.desk.service.Desk)."""
-    with gr.Blocks(title="madoguchi 相談窓口", analytics_enabled=False) as app:
-        gr.Markdown("## 相談窓口 — 知的財産の支援施策ガイド\n"
-                    "特許庁 年次報告書 第5章「多様なユーザーへの支援・施策」（44施策）から、"
+    """The visitor app for one Desk (chatbot.desk.service.Desk)."""
+    with gr.Blocks(title="madoguchi 相談窓口", analytics_enabled=False, delete_cache=CACHE_CLEANING) as app:
+        gr.Markdown(TITLE + "特許庁 年次報告書 第5章「多様なユーザーへの支援・施策」（44施策）から、"
                     "ご質問に合う施策と案内ページをお探しします。答えはすべて資料の本文そのままです。")
-        with gr.Tabs():
-            with gr.Tab("相談する", id="visitor"):
-                _visitor_tab(desk)
-            with gr.Tab("職員用", id="staff") as staff_tab:
-                refresh = _staff_tab(desk)
-        staff_tab.select(**refresh)
+        _visitor_tab(desk)
         gr.api(desk.api_search, api_name="search", concurrency_limit=4)
         gr.api(desk.api_feedback, api_name="feedback", concurrency_limit=4)
+    return app
+
+
+def build_staff(desk) -> gr.Blocks:
+    """The staff console: served only behind the login (chatbot/desk/web.py)."""
+    with gr.Blocks(title="madoguchi 職員用コンソール", analytics_enabled=False, delete_cache=CACHE_CLEANING) as app:
+        with gr.Row():
+            gr.Markdown("## 職員用コンソール — madoguchi 相談窓口")
+            who = gr.Markdown("", elem_id="staff-who")
+            gr.Button("ログアウト", link="/staff/logout", size="sm", scale=0, elem_id="staff-logout")
+        refresh = _staff_tab(desk)
+        app.load(**refresh)
+
+        def whoami(request: gr.Request):
+            return f"ログイン中: **{esc(request.username or '')}**"
+
+        app.load(whoami, None, who, api_visibility="private")
     return app
 
 
@@ -189,6 +205,10 @@ def _staff_tab(desk) -> dict:
     with gr.Row():
         up = gr.Button("役に立った", size="sm", elem_id="staff-up")
         down = gr.Button("違った", size="sm", elem_id="staff-down")
+    with gr.Row():
+        right = gr.Dropdown([(f"{p.key} {p.title}", p.key) for p in desk.programmes.values()], label="正しい施策はこれ",
+                            scale=4, elem_id="staff-right")
+        correct = gr.Button("質問バンクに登録", size="sm", scale=1, elem_id="staff-correct")
     noted = gr.Markdown("", elem_id="staff-noted")
 
     def run(question, state):
@@ -205,8 +225,7 @@ def _staff_tab(desk) -> dict:
         data = [[n, r["key"], r["title"], r["score"], r["urls"][0] if r["urls"] else ""] for n, r in enumerate(rows, 1)]
         return [state, flag_line, data, _staff_passage(rows, 0, question, desk.link_titles), ""]
 
-    query.submit(run, [query, staff], [staff, flags, table, passage, noted],
-                 api_name="staff_search", api_visibility="undocumented")
+    query.submit(run, [query, staff], [staff, flags, table, passage, noted], api_name="staff_search")
 
     def select(evt: gr.SelectData, state):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else int(evt.index)
@@ -215,18 +234,32 @@ def _staff_tab(desk) -> dict:
 
     table.select(select, staff, [staff, passage], api_visibility="private")
 
-    def rate(helpful, state):
+    def rate(helpful, state, request: gr.Request):
         if not state["question"]:
             return "先に検索してください。"
         rows = state["rows"]
         key = rows[state["selected"]]["key"] if state["selected"] < len(rows) else ""
-        if not desk.store.log_feedback("staff", state["question"], key, helpful):
+        if not desk.store.log_feedback("staff", state["question"], key, helpful, staff=request.username or ""):
             return f"⚠️ 記録できませんでした。{desk.store.last_error}"
         problems = [p for p in (desk.store.spool_error, desk.store.last_error) if p]
         return f"記録しました（{'役に立った' if helpful else '違った'}: {key}）。" + "".join(f"\n\n⚠️ {p}" for p in problems)
 
-    up.click(lambda s: rate(True, s), staff, noted, api_name="staff_feedback_up", api_visibility="undocumented")
-    down.click(lambda s: rate(False, s), staff, noted, api_name="staff_feedback_down", api_visibility="undocumented")
+    def rate_up(state, request: gr.Request):
+        return rate(True, state, request)
+
+    def rate_down(state, request: gr.Request):
+        return rate(False, state, request)
+
+    def relabel(key, state, request: gr.Request):
+        if not state["question"]:
+            return "先に検索してください。"
+        if not key:
+            return "正しい施策を選んでください。"
+        return desk.correct(state["question"], key, request.username or "")
+
+    up.click(rate_up, staff, noted, api_name="staff_feedback_up")
+    down.click(rate_down, staff, noted, api_name="staff_feedback_down")
+    correct.click(relabel, [right, staff], noted, api_name="staff_correct")
 
     with gr.Accordion("集計", open=True):
         refresh = gr.Button("集計を更新", size="sm")
@@ -258,7 +291,7 @@ def _staff_tab(desk) -> dict:
                 [[name or "—", n, _japan_time(last)] for name, n, last in s["replicas"]])
 
     outputs = [summary, per_day, no_match, desks]
-    refresh.click(analytics, None, outputs, api_name="staff_stats", api_visibility="undocumented")
+    refresh.click(analytics, None, outputs, api_name="staff_stats")
     return {"fn": analytics, "inputs": None, "outputs": outputs, "api_visibility": "private"}
 
 

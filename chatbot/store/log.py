@@ -78,9 +78,11 @@ class Log:
                             ambiguous=bool(answer.get("ambiguous")),
                             top_key=results[0]["key"] if results else None, elapsed_ms=elapsed_ms)
 
-    def log_feedback(self, channel: str, question: str, key: str, helpful: bool) -> str:
-        """`key` is the programme the vote is about ("" for an answer that found nothing)."""
-        return self._record("feedback", channel=channel, question=question, key=key or "", helpful=bool(helpful))
+    def log_feedback(self, channel: str, question: str, key: str, helpful: bool, staff: str = "") -> str:
+        """`key` is the programme the vote is about ("" for an answer that found nothing); `staff`
+        the logged-in staff member who gave it in the console."""
+        return self._record("feedback", channel=channel, question=question, key=key or "", helpful=bool(helpful),
+                            staff=staff or None)
 
     def stats(self, days: int = 30, top: int = 10) -> dict:
         """Questions per day (Japan time), the most frequent no-match questions, 👍/👎 counts and

@@ -34,6 +34,10 @@ STEPS = {
         "CREATE UNIQUE INDEX questions_uid ON questions (uid)",
         "ALTER TABLE feedback ADD COLUMN uid uuid, ADD COLUMN replica text",
         "CREATE UNIQUE INDEX feedback_uid ON feedback (uid)"],
+    3: ["ALTER TABLE feedback ADD COLUMN staff text",
+        """CREATE TABLE IF NOT EXISTS staff_accounts (
+            name text PRIMARY KEY, hash text NOT NULL, created_at text NOT NULL,
+            failures integer NOT NULL DEFAULT 0, locked_until text)"""],
 }
 assert max(STEPS) == SCHEMA_VERSION
 
@@ -57,6 +61,8 @@ def masked(url: str) -> str:
 
 
 class PostgresBackend:
+    mark = "%s"
+
     def __init__(self, url: str, application_name: str = "madoguchi"):
         self.url = url
         self.label = masked(url)
@@ -164,6 +170,11 @@ class PostgresBackend:
         with self._session() as conn:
             if _version(conn):
                 conn.execute("TRUNCATE questions, feedback")
+
+    def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._session() as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
 
     def close(self) -> None:
         self._drop_writer()

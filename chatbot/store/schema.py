@@ -3,7 +3,7 @@
 A record is a plain dict, the same in the spool file and in both databases:
   question: uid, kind="question", at, replica, channel, question, context, audience, abstained,
             ambiguous, top_key, elapsed_ms
-  feedback: uid, kind="feedback", at, replica, channel, question, key, helpful
+  feedback: uid, kind="feedback", at, replica, channel, question, key, helpful, staff (who, in the console)
 `uid` (a UUID made by the desk) is unique in the database, so writing a record twice stores it once:
 that is what makes replaying the spool after a crash safe.
 """
@@ -14,11 +14,12 @@ from typing import Protocol
 
 # 1: questions + feedback (the single-desk log of issue 6)
 # 2: + uid (unique) and replica on both tables (many desks, replayable writes)
-SCHEMA_VERSION = 2
+# 3: + staff_accounts (the console's logins, shared by every desk on the database), feedback.staff
+SCHEMA_VERSION = 3
 
 QUESTION_FIELDS = ("uid", "at", "replica", "channel", "question", "context", "audience", "abstained",
                    "ambiguous", "top_key", "elapsed_ms")
-FEEDBACK_FIELDS = ("uid", "at", "replica", "channel", "question", "key", "helpful")
+FEEDBACK_FIELDS = ("uid", "at", "replica", "channel", "question", "key", "helpful", "staff")
 FIELDS = {"question": QUESTION_FIELDS, "feedback": FEEDBACK_FIELDS}
 FLAGS = ("abstained", "ambiguous", "helpful")  # yes/no fields: 0/1 in SQLite, boolean in PostgreSQL
 TABLES = {"question": "questions", "feedback": "feedback"}
@@ -95,3 +96,9 @@ class Backend(Protocol):
 
     def clear(self) -> None:
         """Delete every stored question and feedback (the schema stays). Raises Unavailable."""
+
+    mark: str  # the driver's placeholder, ? or %s
+
+    def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """One statement of chatbot/staff.py on the migrated schema, committed; its rows, if any.
+        Raises Unavailable."""

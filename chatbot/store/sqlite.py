@@ -33,6 +33,10 @@ STEPS = {
         "ALTER TABLE feedback ADD COLUMN uid TEXT",
         "ALTER TABLE feedback ADD COLUMN replica TEXT",
         "CREATE UNIQUE INDEX feedback_uid ON feedback(uid)"],
+    3: ["ALTER TABLE feedback ADD COLUMN staff TEXT",
+        """CREATE TABLE IF NOT EXISTS staff_accounts (
+            name TEXT PRIMARY KEY, hash TEXT NOT NULL, created_at TEXT NOT NULL,
+            failures INTEGER NOT NULL DEFAULT 0, locked_until TEXT)"""],
 }
 assert max(STEPS) == SCHEMA_VERSION
 
@@ -43,6 +47,8 @@ REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, Va
 
 
 class SQLiteBackend:
+    mark = "?"
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self.label = f"sqlite:///{self.path}"
@@ -156,6 +162,10 @@ class SQLiteBackend:
                 db.execute("COMMIT")
                 db.execute("VACUUM")  # deleted text must not linger in free pages
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._session() as db:
+            return db.execute(sql, params).fetchall()
 
     def close(self) -> None:
         pass  # a connection per call

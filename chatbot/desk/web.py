@@ -1,0 +1,128 @@
+"""The desk over HTTP: one FastAPI app under uvicorn, the visitor app at / and the staff console
+at /staff behind a login, and the rules every request meets on the way in.
+
+- Two Gradio apps, not one with a hidden tab: the visitor app has no staff event under any name
+  or fn_index, and every route of the console (/staff/gradio_api/…, its queue, its config)
+  answers 401 without a login. With no staff account in the log's database the console is not
+  mounted at all; /staff says how to create one.
+- Logins are checked against chatbot.staff.Accounts (scrypt, lockout); Gradio keeps the session
+  token in an HttpOnly cookie, made SameSite=Strict here.
+- Every reply carries CSP frame-ancestors 'none', X-Frame-Options DENY, nosniff and no referrer;
+  CORS is answered for no other origin (FastAPI's CORSMiddleware with none allowed, which also
+  keeps Gradio's own, which reflects localhost origins, out); uploads are refused (no component
+  takes a file) and a request body over MAX_BODY is refused with 413.
+"""
+
+from __future__ import annotations
+
+import html
+
+MAX_BODY = 64 * 1024  # bytes: a question is at most 1,000 characters
+HEADERS = [
+    (b"content-security-policy", b"frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+NO_UPLOADS = ("/gradio_api/upload",)  # under / and under /staff
+
+
+def create(visitor, console, accounts, *, theme: str, css: str):
+    """The ASGI app. `console` is the staff Blocks, or None when no account exists."""
+    import fastapi
+    import gradio as gr
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import HTMLResponse
+
+    root = fastapi.FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    root.add_middleware(CORSMiddleware, allow_origins=[], allow_credentials=False)
+    common = dict(ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False, run_history=False,
+                  show_error=False, theme=theme, css=css, max_file_size="4kb")
+    if console is not None:
+        async def login(name: str, password: str) -> bool:
+            import anyio
+
+            try:  # scrypt takes ~0.1 s: off the event loop, which serves every visitor
+                return await anyio.to_thread.run_sync(accounts.login, name, password)
+            except Exception:  # the database is away: nobody gets in, and the desk goes on
+                return False
+
+        gr.mount_gradio_app(root, console, "/staff", footer_links=[], auth=login,
+                            auth_message="職員用コンソール: 職員のアカウントでログインしてください。", **common)
+    else:
+        @root.get("/staff")
+        @root.get("/staff/{rest:path}")
+        def console_off(rest: str = ""):
+            return HTMLResponse(CONSOLE_OFF, status_code=503)
+    gr.mount_gradio_app(root, visitor, "/", footer_links=["api"], **common)
+    return Guard(root)
+
+
+CONSOLE_OFF = f"""<!doctype html><html lang="ja"><meta charset="utf-8"><title>職員用コンソール</title>
+<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto; line-height: 1.6">
+<h1>職員用コンソールは無効です</h1>
+<p>職員のアカウントがまだありません。デスクのサーバーで次を実行し、デスクを再起動してください。</p>
+<pre>{html.escape("python -m chatbot staff add <名前>")}</pre>
+<p><a href="/">相談窓口へ戻る</a></p></body></html>"""
+
+
+class Guard:
+    """ASGI middleware: security headers and SameSite=Strict cookies on every reply, no uploads,
+    bounded request bodies."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if path.rstrip("/").endswith(NO_UPLOADS):
+            return await _refuse(send, 403, "uploads are off: the desk takes no files")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return await _refuse(send, 413, f"request body over {MAX_BODY} bytes")
+        seen = 0
+
+        async def bounded_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > MAX_BODY:  # a chunked body without a length
+                    raise BodyTooLarge
+            return message
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, _strict(v) if k.lower() == b"set-cookie" else v)
+                           for k, v in message.get("headers", []) if k.lower() not in _OURS]
+                message = {**message, "headers": headers + HEADERS}
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, send_with_headers)
+        except BodyTooLarge:
+            await _refuse(send, 413, f"request body over {MAX_BODY} bytes")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+_OURS = {name for name, _ in HEADERS}
+
+
+def _strict(cookie: bytes) -> bytes:
+    """Gradio sets its session cookie SameSite=none (and a copy with no SameSite): Strict, so no
+    other site's page can send a request that carries the staff's login."""
+    parts = [p for p in cookie.split(b";") if not p.strip().lower().startswith(b"samesite")]
+    return b";".join(parts) + b"; SameSite=Strict"
+
+
+async def _refuse(send, status: int, reason: str) -> None:
+    body = ('{"error": "%s"}' % reason).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *HEADERS]})
+    await send({"type": "http.response.body", "body": body})
