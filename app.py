@@ -89,6 +89,7 @@ def main(argv=None) -> None:
 
     started = time.perf_counter()
     args = parse_args(argv)
+    os.umask(0o077)  # the log, spool and bank hold what visitors typed: files 0600, folders 0700
     if args.host not in LOCAL_HOSTS:
         print(f"madoguchi: WARNING: listening on {args.host}: anyone who can reach this machine can use the desk "
               "(the staff console at /staff asks for a login). Use the default 127.0.0.1 unless that is intended.",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,7 @@ choose the embedding model, the log's database, this desk's name in it and the q
 
 
 def main(argv: list[str] | None = None) -> None:
+    os.umask(0o077)  # as the desk: the data files it writes are this user's alone
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

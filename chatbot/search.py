@@ -200,7 +200,7 @@ class Searcher:
         if method not in METHODS:
             raise QueryError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         if context and context not in self.slot:
-            raise QueryError(f"unknown programme key {context!r} for --context; see `python -m chatbot list`")
+            raise QueryError(f"unknown programme key {context[:20]!r} for --context; see `python -m chatbot list`")
         if not 1 <= top_k <= 50:
             raise QueryError(f"top_k must be between 1 and 50, got {top_k}")
         query = text.scrub(query)  # echoed back in JSON, so it must encode
@@ -373,7 +373,7 @@ class Searcher:
                       float(ranking.fused[i]), p.id)
 
     def _empty(self, query: str, message: str, started: float) -> Answer:
-        return Answer(query, True, False, [], message=message,
+        return Answer(query[:MAX_QUERY_CHARS], True, False, [], message=message,  # a huge input is not echoed whole
                       elapsed_ms=(time.perf_counter() - started) * 1000)
 
 

@@ -18,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules next to the tests (postgres, logdb, …)
 START_TIMEOUT = 180  # seconds: a cold index build takes about 30
+STAFF = ("tester", "correct-horse-battery")  # the session desks' console login
 
 
 @dataclass
@@ -27,6 +28,13 @@ class RunningDesk:
     index_dir: Path
     output: list[str]  # the desk's console (stdout and stderr), line by line
     log_url: str  # where it logs: read it with tests/logdb.query
+    staff: tuple[str, str] = STAFF  # the console account created before it started
+
+    def console(self):
+        """A gradio_client logged in to the staff console."""
+        from gradio_client import Client
+
+        return Client(self.url + "/staff/", auth=self.staff, verbose=False)
 
     @property
     def db(self) -> Path:
@@ -82,7 +90,7 @@ def desk(request, tmp_path_factory) -> RunningDesk:
     else:
         log_url = db = request.getfixturevalue("pg_cluster").new_database(f"desk_{uuid.uuid4().hex[:12]}")
     try:
-        proc = DeskProcess(root / "index", root / "data", db=db, timeout=START_TIMEOUT)
+        proc = DeskProcess(root / "index", root / "data", db=db, timeout=START_TIMEOUT, staff=STAFF)
     except RuntimeError as e:
         pytest.fail(str(e))
     try:

@@ -25,7 +25,8 @@ def free_port() -> int:
 
 class DeskProcess:
     def __init__(self, index_dir: Path, data_dir: Path, *, corpus_dir: Path | None = None, timeout: float = 240,
-                 db: str = "", replica: str = ""):
+                 db: str = "", replica: str = "", staff: tuple[str, str] | None = None):
+        """`staff`: (name, password) of a console account created before the desk starts."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = Path(data_dir)
@@ -34,6 +35,12 @@ class DeskProcess:
             env.pop(name, None)
         if corpus_dir is not None:
             env["MADOGUCHI_CORPUS"] = str(corpus_dir)
+        env["MADOGUCHI_BANK"] = str(Path(data_dir) / "bank.jsonl")  # console corrections stay in the test's folder
+        self.staff = staff
+        if staff:
+            subprocess.run([sys.executable, "-m", "chatbot", "staff", "add", staff[0], "--password-stdin",
+                            "--data-dir", str(data_dir), *(["--db", db] if db else [])],
+                           input=staff[1] + "\n", text=True, cwd=REPO, env=env, check=True, capture_output=True)
         self.output: list[str] = []
         self._ready = threading.Event()
         options = [*(["--db", db] if db else []), *(["--replica", replica] if replica else [])]

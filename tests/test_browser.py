@@ -144,14 +144,27 @@ def test_like_is_stored(page, desk):
     assert next(p.title for p in corpus.load(config.corpus_dir()) if p.key == key) == title
 
 
-def test_staff_tab_and_screenshots(page):
+def login(page, name: str, password: str) -> None:
+    page.locator("input[type=password]").wait_for()
+    page.locator("input:not([type=password])").first.fill(name)
+    page.locator("input[type=password]").fill(password)
+    page.locator("input[type=password]").press("Enter")
+
+
+def test_staff_console_behind_a_login_and_screenshots(page, desk):
     ask(page, "J-PlatPatで特許を検索したい")
     desktop = shoot(page, "visitor-desktop")
     page.set_viewport_size(PHONE)
     shoot(page, "visitor-phone")
     page.set_viewport_size(DESKTOP)
 
-    page.get_by_role("tab", name="職員用").click()
+    assert page.get_by_role("tab", name="職員用").count() == 0  # the visitor page offers no way in
+    assert page.locator('a[href*="staff"]').count() == 0
+    page.goto(page.url.rstrip("/") + "/staff/")
+    login(page, desk.staff[0], "not-the-password")
+    page.get_by_text("Incorrect", exact=False).first.wait_for()  # Gradio's own login form says so
+    shoot(page, "staff-login")
+    login(page, *desk.staff)
     box = page.locator("#staff-question textarea")
     box.fill("起業したばかりで知財の専門家に相談したい")
     box.press("Enter")
@@ -167,6 +180,10 @@ def test_staff_tab_and_screenshots(page):
     shoot(page, "staff-desktop")
     page.set_viewport_size(PHONE)
     shoot(page, "staff-phone")
+    page.set_viewport_size(DESKTOP)
+    page.locator("#staff-logout").click()
+    page.locator("input[type=password]").wait_for()  # logged out: the login form again
+    assert page.locator("#staff-question").count() == 0
 
     docs = REPO / "docs"
     docs.mkdir(exist_ok=True)

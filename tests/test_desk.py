@@ -130,12 +130,24 @@ def test_bad_context_is_an_error_answer(client):
     assert out["abstained"] and out["results"] == [] and "99.(1)" in out["error"]
 
 
-def test_staff_feedback_is_stored(client, desk):
-    flags, table = client.predict("起業したばかりで知財の専門家に相談したい", api_name="/staff_search")[:2]  # (State is not an output)
+def test_staff_feedback_is_stored_with_the_staff_name(desk):
+    console = desk.console()
+    flags, table = console.predict("起業したばかりで知財の専門家に相談したい", api_name="/staff_search")[:2]  # (State is not an output)
     assert "ms" in flags and table["data"][0][1]
-    assert client.predict(api_name="/staff_feedback_down").startswith("記録しました")
-    question, key, helpful = rows(desk, "SELECT question, key, helpful FROM feedback WHERE channel = 'staff'", bool)[-1]
-    assert (question, key, helpful) == ("起業したばかりで知財の専門家に相談したい", table["data"][0][1], 0)
+    assert console.predict(api_name="/staff_feedback_down").startswith("記録しました")
+    got = rows(desk, "SELECT question, key, helpful, staff FROM feedback WHERE channel = 'staff'", bool)[-1]
+    assert got == ("起業したばかりで知財の専門家に相談したい", table["data"][0][1], 0, desk.staff[0])
+
+
+def test_a_console_correction_answers_the_next_visitor(desk, client):
+    question = "和菓子の屋号を真似されないか心配、どこで聞ける？"
+    console = desk.console()
+    console.predict(question, api_name="/staff_search")
+    assert console.predict("8.(1)", api_name="/staff_correct").startswith("質問バンクに")
+    out = client.predict(question, 5, "", api_name="/search")
+    assert out["decision"] == "answer" and out["results"][0]["key"] == "8.(1)"
+    by = [json.loads(line)["by"] for line in (desk.data_dir / "bank.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert desk.staff[0] in by
 
 
 @pytest.mark.parametrize("question", ["<script>alert(1)</script>", '<img src=x onerror="alert(1)">特許の相談'])

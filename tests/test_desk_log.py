@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from chatbot.store.schema import SCHEMA_VERSION
+
 from desk_process import DeskProcess
 from logdb import Outage, eventually, query, scalar
 
@@ -65,7 +67,7 @@ def logged_desk(lean_index, db, tmp_path):
 
 def test_the_desk_says_where_it_logs(logged_desk):
     desk, url = logged_desk
-    assert any(line.startswith("madoguchi: log → ") and "schema 2, replica desk-a" in line for line in desk.output)
+    assert any(line.startswith("madoguchi: log → ") and f"schema {SCHEMA_VERSION}, replica desk-a" in line for line in desk.output)
 
 
 def test_no_match_from_the_api_is_logged_like_one_from_the_chat(logged_desk):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import urllib.parse
 import os
 import shutil
 import subprocess
@@ -40,7 +41,7 @@ LONG_MESSAGE = f"{LIMIT}文字以内でお願いします。"  # the engine's li
 NASTY = {
     "empty": "",
     "whitespace": " \u3000\n\t ",
-    "huge": "特許の相談" * 20_000,  # 100 000 characters
+    "huge": "特許の相談" * 1_000,  # 5 000 characters: over the question limit, under the body limit
     "control": "特許\x00の\x07相談\x1b[31m\x7f\x85",
     "html": "<script>alert(1)</script><b onmouseover=alert(2)>特許</b>",
     "markdown": "[相談](javascript:alert(1)) ![x](https://example.invalid/x.png) **特許**",
@@ -137,17 +138,32 @@ def client(desk):
     return Client(desk.url, verbose=False)
 
 
-def raw_call(desk, api: str, data: list) -> tuple[str, object]:
-    """POST /gradio_api/call/<api> with ASCII-escaped JSON (gradio_client cannot send a lone surrogate)."""
+@pytest.fixture(scope="module")
+def console(desk):
+    return desk.console()
+
+
+def raw_call(desk, api: str, data: list, staff: bool = False) -> tuple[str, object]:
+    """POST /gradio_api/call/<api> with ASCII-escaped JSON (gradio_client cannot send a lone surrogate);
+    `staff`: to the console, logged in."""
     host, port = desk.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    prefix, headers = "", {"Content-Type": "application/json"}
     try:
-        conn.request("POST", f"/gradio_api/call/{api}", body=json.dumps({"data": data}),
-                     headers={"Content-Type": "application/json"})
+        if staff:
+            prefix = "/staff"
+            conn.request("POST", "/staff/login", body=urllib.parse.urlencode(dict(zip(("username", "password"), desk.staff))),
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+            response = conn.getresponse()
+            response.read()
+            cookies = [c.split(";", 1)[0] for c in response.headers.get_all("set-cookie") or []]
+            assert response.status == 200 and cookies, response.status
+            headers["Cookie"] = "; ".join(cookies)
+        conn.request("POST", f"{prefix}/gradio_api/call/{api}", body=json.dumps({"data": data}), headers=headers)
         response = conn.getresponse()
         assert response.status == 200, response.read()
         event_id = json.loads(response.read())["event_id"]
-        conn.request("GET", f"/gradio_api/call/{api}/{event_id}")
+        conn.request("GET", f"{prefix}/gradio_api/call/{api}/{event_id}", headers=headers)
         stream = conn.getresponse().read().decode("utf-8")
     finally:
         conn.close()
@@ -166,7 +182,7 @@ def test_api_answers_every_bad_input(client, desk, name):
     question = NASTY[name]
     out = client.predict(question, 5, "", api_name="/search")
     assert ANSWER_KEYS <= set(out) and "error" not in out
-    assert out["query"] == question  # echoed as sent (no surrogates here)
+    assert out["query"] == question[:1000]  # echoed as sent (no surrogates here), cut to the question limit
     if name in EMPTYISH:
         assert out["message"] == EMPTY_MESSAGE and out["abstained"] and out["results"] == []
     elif name == "huge":
@@ -195,9 +211,9 @@ def test_chat_renders_every_bad_input_as_text(client, desk, name):
 
 
 @pytest.mark.parametrize("name", list(NASTY))
-def test_staff_search_answers_every_bad_input(client, desk, name):
+def test_staff_search_answers_every_bad_input(console, desk, name):
     since = len(desk.output)
-    flags, table = client.predict(NASTY[name], api_name="/staff_search")[:2]
+    flags, table = console.predict(NASTY[name], api_name="/staff_search")[:2]
     if name in EMPTYISH:
         assert flags == f"⚠️ {EMPTY_MESSAGE}"
     elif name == "huge":
@@ -215,7 +231,7 @@ def test_staff_search_answers_every_bad_input(client, desk, name):
 def test_lone_surrogates_get_an_answer(desk, api, data):
     """Fixed in Issue 8: the log's INSERT and the JSON reply raised UnicodeEncodeError (an error event)."""
     since = len(desk.output)
-    kind, payload = raw_call(desk, api, data)
+    kind, payload = raw_call(desk, api, data, staff=api.startswith("staff"))
     assert kind == "complete", payload
     if api == "search":
         assert payload[0]["query"] == "\ufffd壊れた\ufffd" and "error" not in payload[0]

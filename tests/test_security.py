@@ -13,7 +13,7 @@ from logdb import eventually, query
 
 REPO = Path(__file__).resolve().parent.parent
 WARNING = ("madoguchi: WARNING: listening on {host}: anyone who can reach this machine can use the desk "
-           "and its staff tab (there is no login). Use the default 127.0.0.1 unless that is intended.")
+           "(the staff console at /staff asks for a login). Use the default 127.0.0.1 unless that is intended.")
 
 
 # -- where it listens --------------------------------------------------------------------------------
@@ -140,10 +140,10 @@ def test_store_keeps_only_the_documented_columns(desk):
     Client(desk.url, verbose=False).predict("今日の天気は？", 5, "", api_name="/search")
     assert eventually(lambda: query(desk.log_url, "SELECT count(*) FROM questions"))
     tables, questions, feedback = columns(desk.log_url)
-    assert tables == {"questions", "feedback", "schema_version"}
+    assert tables == {"questions", "feedback", "schema_version", "staff_accounts"}
     assert questions == ["id", "at", "channel", "question", "context", "audience", "abstained", "ambiguous",
                          "top_key", "elapsed_ms", "uid", "replica"]
-    assert feedback == ["id", "at", "channel", "question", "key", "helpful", "uid", "replica"]
+    assert feedback == ["id", "at", "channel", "question", "key", "helpful", "uid", "replica", "staff"]
 
 
 def test_nothing_about_the_caller_reaches_the_log(desk):

@@ -39,19 +39,20 @@ def log(db_url, tmp_path):
 
 def test_questions_and_feedback_reach_the_analytics(log, db_url):
     for question, answer in [("J-PlatPat", ANSWERED), ("天気", NO_MATCH), ("天気", NO_MATCH), ("株価", NO_MATCH)]:
-        assert log.log_question("api", question, answer, context="6.(1)", audience="個人", elapsed_ms=8.5)
+        assert log.log_question("visitor", question, answer, context="6.(1)", audience="個人", elapsed_ms=8.5)
+    assert log.log_question("api", "phishing: visit evil.example", NO_MATCH)  # anyone can call the API
     assert log.log_feedback("visitor", "J-PlatPat", "6.(1)", True)
     assert log.log_feedback("staff", "天気", "", False)
     assert log.flush(15), log.status()
     s = log.stats()
-    assert (s["questions"], s["feedback"], s["helpful"], s["unhelpful"]) == (4, 2, 1, 1)
-    assert s["no_match"][0] == ("天気", 2) and len(s["no_match"]) == 2
-    assert [(n, m) for _, n, m in s["per_day"]] == [(4, 3)]
-    assert s["replicas"][0][:2] == ("desk-1", 4)
+    assert (s["questions"], s["feedback"], s["helpful"], s["unhelpful"]) == (5, 2, 1, 1)
+    assert s["no_match"][0] == ("天気", 2) and len(s["no_match"]) == 2  # not the API's: staff would read it as a visitor's
+    assert [(n, m) for _, n, m in s["per_day"]] == [(5, 4)]
+    assert s["replicas"][0][:2] == ("desk-1", 5)
     assert (s["pending"], s["last_error"], s["schema"]) == (0, "", schema.SCHEMA_VERSION)
     row = query(db_url, "SELECT channel, question, context, audience, abstained, ambiguous, top_key, elapsed_ms,"
                         " replica FROM questions WHERE NOT abstained")
-    assert row == [("api", "J-PlatPat", "6.(1)", "個人", 0, 0, "6.(1)", 8.5, "desk-1")]
+    assert row == [("visitor", "J-PlatPat", "6.(1)", "個人", 0, 0, "6.(1)", 8.5, "desk-1")]
     assert query(db_url, "SELECT count(DISTINCT uid) FROM feedback") == [(2,)]
 
 
@@ -88,6 +89,26 @@ def test_a_refused_record_is_set_aside_and_the_rest_stored(log, db_url):
     assert scalar(db_url, "SELECT count(*) FROM feedback") == 2
 
 
+def test_personal_data_is_masked_before_it_is_stored(log, db_url):
+    question = "連絡先 090-1234-5678 / taro@example.jp 〒100-8915 マイナンバー 1234 5678 9012 の特許相談"
+    assert log.log_question("visitor", question, NO_MATCH) and log.log_feedback("visitor", question, "", False)
+    assert log.flush(15)
+    masked = "連絡先 〔電話〕 / 〔メール〕 〔郵便番号〕 マイナンバー 〔個人番号〕 の特許相談"
+    assert query(db_url, "SELECT question FROM questions") == [(masked,)]
+    assert query(db_url, "SELECT question FROM feedback") == [(masked,)]
+    spool = "".join(p.read_text(encoding="utf-8") for p in log.spool_path.parent.glob("spool-*.jsonl"))
+    assert "090-1234" not in spool and "taro@" not in spool
+
+
+def test_data_files_are_this_users_alone(tmp_path):
+    data = tmp_path / "data"
+    done = subprocess.run([sys.executable, "-m", "chatbot", "staff", "add", "sato", "--password-stdin",
+                           "--data-dir", str(data)], input="a-long-password\n", text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0
+    assert oct(data.stat().st_mode & 0o777) == "0o700"
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in data.iterdir()} == {"madoguchi.sqlite3": "0o600"}
+
+
 def test_text_no_database_can_hold_is_made_storable(log, db_url):
     """A lone surrogate (from a JSON API call) and NUL (PostgreSQL's text cannot hold it)."""
     assert log.log_question("api", "a\ud800b\x00c", NO_MATCH)
@@ -104,10 +125,10 @@ def test_version_1_log_is_migrated_without_losing_rows(db_url, tmp_path):
     assert backend.version() == 1
     log = store.Log(backend, tmp_path / "data", "desk-1")
     try:
-        assert log.wait_ready(15) and log.schema == (1, 2)
+        assert log.wait_ready(15) and log.schema == (1, schema.SCHEMA_VERSION)
         log.log_question("api", "new question", NO_MATCH)
         assert log.flush(15)
-        assert backend.version() == 2
+        assert backend.version() == schema.SCHEMA_VERSION
         assert sorted(query(db_url, "SELECT question, replica FROM questions")) == [
             ("new question", "desk-1"), ("old question", None)]
     finally:
@@ -260,7 +281,7 @@ def test_db_command_status_flush_and_clear(db_url, tmp_path):
                                "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
         return done.returncode, json.loads(done.stdout) if done.stdout.strip() else done.stderr
 
-    assert db("status")[1] | {} == {"store": db_url, "schema": 2, "questions": 1, "feedback": 0,
+    assert db("status")[1] | {} == {"store": db_url, "schema": schema.SCHEMA_VERSION, "questions": 1, "feedback": 0,
                                     "spools": {"spool-gone.jsonl": 1}}
     code, out = db("flush")
     assert code == 0 and out["feedback"] == 1 and out["flushed"]["spool-gone.jsonl"]["written"] == 1

@@ -49,34 +49,41 @@ class Desk:
         return out, elapsed
 
     def api_search(self, question: str, top_k: int = 5, context: str = "") -> dict:
-        """The pinned /search endpoint: exactly `python -m chatbot ask --json`."""
-        question = text.scrub(question or "")  # Issue 8: echoed in the error answer below, must encode
+        """The pinned /search endpoint: exactly `python -m chatbot ask --json`. Arguments of the
+        wrong JSON type are an error answer, never coerced (2.7 is not 2, true is not 1)."""
+        shown = text.scrub(question[:search_mod.MAX_QUERY_CHARS]) if isinstance(question, str) else ""
         try:
-            try:  # Issue 8: top_k null or "abc" from the API raised TypeError/ValueError: no answer
-                top_k = int(5 if top_k is None else top_k)
-            except (TypeError, ValueError, OverflowError):
-                raise QueryError(f"top_k must be an integer between 1 and 50, got {top_k!r}") from None
-            return self.ask(question, top_k=top_k, context=str(context or "").strip(), channel="api")[0]
+            if not isinstance(question, str):
+                raise QueryError(f"question must be a string, got {type(question).__name__}")
+            if top_k is None:
+                top_k = 5
+            if isinstance(top_k, bool) or not isinstance(top_k, int):
+                raise QueryError(f"top_k must be an integer between 1 and 50, got {_brief(top_k)}")
+            if context is not None and not isinstance(context, str):
+                raise QueryError(f"context must be a programme key (a string), got {type(context).__name__}")
+            return self.ask(question, top_k=top_k, context=(context or "").strip(), channel="api")[0]
         except QueryError as e:  # the same shape the CLI prints for a question it cannot search
-            return {"query": question, "abstained": True, "ambiguous": False, "results": [], "error": str(e)}
+            return {"query": shown, "abstained": True, "ambiguous": False, "decision": "none", "results": [],
+                    "error": str(e)}
 
     def api_feedback(self, question: str, key: str = "", helpful: bool = True) -> dict:
         """The pinned /feedback endpoint, for kiosks and other front ends: a 👍/👎 on the answer to
         `question` about programme `key` ("" = the answer found nothing). `recorded` is the log's
         acknowledgement (see chatbot.store.log for what it guarantees)."""
-        question = text.scrub(str(question or "")).strip()
-        key = str(key or "").strip()
-        out = {"question": question, "key": key, "helpful": helpful, "recorded": False}
+        out = {"question": question if isinstance(question, str) else "", "key": key if isinstance(key, str) else "",
+               "helpful": helpful, "recorded": False}
+        if not isinstance(question, str) or not isinstance(key or "", str):
+            return {**out, "error": "question and key must be strings"}
+        question, key = text.scrub(question).strip(), (key or "").strip()
+        out.update(question=question[:search_mod.MAX_QUERY_CHARS], key=key[:20])
         if not question or len(question) > search_mod.MAX_QUERY_CHARS:
             return {**out, "error": f"question must be 1 to {search_mod.MAX_QUERY_CHARS} characters"}
         if key and key not in self.programmes:
-            return {**out, "error": f"unknown programme key {key!r} (see python -m chatbot list)"}
-        if isinstance(helpful, str) and helpful.strip().lower() in ("true", "false", "1", "0"):
-            helpful = helpful.strip().lower() in ("true", "1")
-        if not isinstance(helpful, (bool, int)) or helpful not in (0, 1):
-            return {**out, "error": f"helpful must be true or false, got {helpful!r}"}
-        uid = self.store.log_feedback("api", question, key, bool(helpful))
-        return {**out, "helpful": bool(helpful), "recorded": bool(uid), "id": uid}
+            return {**out, "error": f"unknown programme key {key[:20]!r} (see python -m chatbot list)"}
+        if not isinstance(helpful, bool):
+            return {**out, "helpful": None, "error": f"helpful must be true or false, got {_brief(helpful)}"}
+        uid = self.store.log_feedback("api", question, key, helpful)
+        return {**out, "recorded": bool(uid), "id": uid}
 
     def correct(self, question: str, key: str, staff: str) -> str:
         """「正しい施策はこれ」 from the console: the question goes into the question bank under `key`
@@ -107,6 +114,12 @@ class Desk:
             rows.append({"key": p.key, "title": p.title, "breadcrumb": p.breadcrumb, "text": p.text,
                          "urls": list(p.urls), "score": round(float(ranking.fused[i]), 4)})
         return rows
+
+
+def _brief(value) -> str:
+    """A wrong argument, named in an error without echoing a megabyte of it."""
+    shown = repr(value)
+    return shown if len(shown) <= 40 else f"{shown[:40]}… ({type(value).__name__})"
 
 
 def plain(value):

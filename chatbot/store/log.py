@@ -31,9 +31,9 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from chatbot import text
+from chatbot import privacy, text
 from chatbot.errors import StoreError
-from chatbot.store.schema import FIELDS, Backend, Unavailable, empty_stats
+from chatbot.store.schema import FIELDS, OPTIONAL, Backend, Unavailable, empty_stats
 
 BATCH = 500
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)  # back-off while the database is unavailable
@@ -46,6 +46,11 @@ class Log:
     def __init__(self, backend: Backend, data_dir: Path, replica: str):
         self.backend = backend
         self.replica = replica
+        try:  # visitors' questions: this user's alone (the files: the entry points' umask 077)
+            Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(data_dir, 0o700)
+        except OSError:
+            pass  # the spool reports what it cannot do (_open_spool)
         name = re.sub(r"[^A-Za-z0-9._-]", "_", replica)[:80] or "desk"
         self.spool_path = Path(data_dir) / f"spool-{name}.jsonl"
         self.lock_path = Path(data_dir) / f"spool-{name}.lock"  # one desk per replica name and data directory
@@ -196,6 +201,7 @@ class Log:
         for k, v in fields.items():
             if isinstance(v, str):  # a lone surrogate cannot be stored anywhere; NUL not in PostgreSQL
                 fields[k] = text.scrub(v).replace("\x00", "\ufffd")
+        fields["question"] = privacy.mask(fields["question"])  # before the spool: nothing unmasked is written
         record = {"uid": uuid.uuid4().hex, "kind": kind, "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                   "replica": self.replica, **fields}
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
@@ -355,7 +361,7 @@ def _problem(record: object) -> str:
     """Why a spool line is not a record this desk writes ("" if it is one)."""
     if not isinstance(record, dict) or record.get("kind") not in FIELDS:
         return "not a record"
-    missing = [f for f in FIELDS[record["kind"]] if f not in record]
+    missing = [f for f in FIELDS[record["kind"]] if f not in record and f not in OPTIONAL]
     if missing:
         return f"missing {', '.join(missing)}"
     try:

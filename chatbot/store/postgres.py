@@ -146,7 +146,7 @@ class PostgresBackend:
         got = self._read([
             (f"SELECT {DAY} AS day, count(*), count(*) FILTER (WHERE abstained) FROM questions"
              " GROUP BY day ORDER BY day DESC LIMIT %s", (days,)),
-            ("SELECT question, count(*) AS n FROM questions WHERE abstained"
+            ("SELECT question, count(*) AS n FROM questions WHERE abstained AND channel <> 'api'"
              " GROUP BY question ORDER BY n DESC, max(at) DESC LIMIT %s", (top,)),
             ("SELECT count(*) FILTER (WHERE helpful), count(*) FILTER (WHERE NOT helpful), count(*) FROM feedback", ()),
             ("SELECT coalesce(replica, ''), count(*), max(at) FROM questions GROUP BY 1 ORDER BY 2 DESC", ()),

@@ -21,6 +21,7 @@ QUESTION_FIELDS = ("uid", "at", "replica", "channel", "question", "context", "au
                    "ambiguous", "top_key", "elapsed_ms")
 FEEDBACK_FIELDS = ("uid", "at", "replica", "channel", "question", "key", "helpful", "staff")
 FIELDS = {"question": QUESTION_FIELDS, "feedback": FEEDBACK_FIELDS}
+OPTIONAL = {"staff"}  # fields a record spooled by an older desk lacks (stored as NULL)
 FLAGS = ("abstained", "ambiguous", "helpful")  # yes/no fields: 0/1 in SQLite, boolean in PostgreSQL
 TABLES = {"question": "questions", "feedback": "feedback"}
 

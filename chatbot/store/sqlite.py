@@ -7,6 +7,7 @@ threads racing for the lock; now there is one).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +53,7 @@ class SQLiteBackend:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.label = f"sqlite:///{self.path}"
+        self._private = False
 
     def _connect(self) -> sqlite3.Connection:
         db = None
@@ -59,6 +61,9 @@ class SQLiteBackend:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
+            if not self._private:  # a file made 0644 by an older desk (its -wal and -shm follow it)
+                os.chmod(self.path, 0o600)
+                self._private = True
             return db
         except (sqlite3.Error, OSError) as e:
             if db is not None:
@@ -128,7 +133,7 @@ class SQLiteBackend:
                 f"SELECT date(at, {JST}) AS day, count(*), sum(abstained) FROM questions"
                 " GROUP BY day ORDER BY day DESC LIMIT ?", (days,)).fetchall()
             no_match = db.execute(
-                "SELECT question, count(*) AS n FROM questions WHERE abstained = 1"
+                "SELECT question, count(*) AS n FROM questions WHERE abstained = 1 AND channel <> 'api'"
                 " GROUP BY question ORDER BY n DESC, max(at) DESC LIMIT ?", (top,)).fetchall()
             helpful, unhelpful, feedback = db.execute(
                 "SELECT coalesce(sum(helpful), 0), coalesce(sum(1 - helpful), 0), count(*) FROM feedback").fetchone()
