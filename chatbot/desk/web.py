@@ -32,13 +32,15 @@ def create(visitor, console, accounts, *, theme: str, css: str):
     import fastapi
     import gradio as gr
     from fastapi.middleware.cors import CORSMiddleware
-    from fastapi.responses import HTMLResponse
+    from fastapi.responses import HTMLResponse, RedirectResponse
 
     root = fastapi.FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     root.add_middleware(CORSMiddleware, allow_origins=[], allow_credentials=False)
     common = dict(ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False, run_history=False,
                   show_error=False, theme=theme, css=css, max_file_size="4kb")
     if console is not None:
+        root.add_api_route("/staff", lambda: RedirectResponse("/staff/", status_code=307), include_in_schema=False)
+
         async def login(name: str, password: str) -> bool:
             import anyio
 
@@ -50,12 +52,25 @@ def create(visitor, console, accounts, *, theme: str, css: str):
         gr.mount_gradio_app(root, console, "/staff", footer_links=[], auth=login,
                             auth_message="職員用コンソール: 職員のアカウントでログインしてください。", **common)
     else:
-        @root.get("/staff")
-        @root.get("/staff/{rest:path}")
         def console_off(rest: str = ""):
             return HTMLResponse(CONSOLE_OFF, status_code=503)
+
+        for path in ("/staff", "/staff/{rest:path}"):  # every method: nothing under /staff reaches the visitor app
+            root.add_api_route(path, console_off, methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
     gr.mount_gradio_app(root, visitor, "/", footer_links=["api"], **common)
+    from gradio.route_utils import FnIndexInferError
+    from starlette.routing import Mount
+
+    for route in root.routes:  # an API name the app does not have is a 404, not a 500 with a traceback
+        if isinstance(route, Mount):
+            route.app.add_exception_handler(FnIndexInferError, _no_such_endpoint)
     return Guard(root)
+
+
+async def _no_such_endpoint(request, exc):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": "no such endpoint"}, status_code=404)
 
 
 CONSOLE_OFF = f"""<!doctype html><html lang="ja"><meta charset="utf-8"><title>職員用コンソール</title>
@@ -104,6 +119,7 @@ class Guard:
             await self.app(scope, bounded_receive, send_with_headers)
         except BodyTooLarge:
             await _refuse(send, 413, f"request body over {MAX_BODY} bytes")
+
 
 
 class BodyTooLarge(Exception):
