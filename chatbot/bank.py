@@ -216,6 +216,16 @@ class Loaded:
             np.maximum.at(out, self.slots, (self.vectors @ vector).astype(np.float64))
         return out
 
+    def relabelled(self, vector: np.ndarray, n_programmes: int, same: float) -> np.ndarray:
+        """Per programme, whether a question of the bank file (not a corpus ask) is `vector`'s
+        question asked again (cosine >= same): a label staff gave to this very question."""
+        out = np.zeros(n_programmes, dtype=bool)
+        staff = np.array([e.source != "corpus" for e in self.entries], dtype=bool)
+        if staff.any():
+            hit = staff & (self.vectors @ vector >= same)
+            out[self.slots[hit]] = True
+        return out
+
 
 def stamp(path: Path | None) -> tuple:
     try:

@@ -34,6 +34,7 @@ from chatbot.errors import QueryError
 MAX_QUERY_CHARS = 1000
 METHODS = ("hybrid", "dense", "bm25")
 DECISIONS = ("answer", "suggest", "none")
+SAME_QUESTION = 0.98  # cosine from which a bank question is the question asked (a staff correction wins)
 GENERIC_SHARE = 0.1  # a term in this share of the passages names no programme (see _names_topic)
 DENSE_CANDIDATES = 1_000  # nearest passages asked of an approximate (HNSW) index; see Searcher._dense
 CALIBRATION = Path(__file__).with_name("calibration")  # <model slug>.json and .npz per model
@@ -276,6 +277,8 @@ class Searcher:
         near = self.bank.best(vector, len(self.keys))
         if method == "hybrid" and self.settings.bank_weight:
             fused = fused + self.settings.bank_weight * _bank_score(near, self.settings.bank_floor)
+        if method == "hybrid":  # a question staff labelled, asked again: their label comes first
+            fused = fused + self.bank.relabelled(vector, len(self.keys), SAME_QUESTION)
         covered = self._covered(terms, lexical_p)
         features = self._features(clean, dense, lexical_p, covered, vector, exclude, float(near.max()))
         return Ranking(self.keys, fused, dense, lexical, near, best, features, covered, terms)
