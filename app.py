@@ -84,6 +84,7 @@ def main(argv=None) -> None:
 
     import uvicorn
 
+    from chatbot import config
     from chatbot.desk import web
     from chatbot.errors import MadoguchiError
 
@@ -95,6 +96,7 @@ def main(argv=None) -> None:
               "(the staff console at /staff asks for a login). Use the default 127.0.0.1 unless that is intended.",
               file=sys.stderr, flush=True)
     try:
+        retention = config.retention_days()
         visitor, console, desk = create_app(args.data_dir, args.db, args.replica, args.port)
     except MadoguchiError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -123,12 +125,31 @@ def main(argv=None) -> None:
                   f"(log: {log.backend.label}; staff console: {'/staff' if console else 'off'})", flush=True)
 
     threading.Thread(target=announce, daemon=True).start()
+    if retention:
+        threading.Thread(target=prune_daily, args=(log, retention, server), daemon=True).start()
     try:
         server.run()  # SIGTERM (systemd) and Ctrl-C end it gracefully
     finally:
         log.close(5)  # what is not written by then stays in the spool for the next start
     if not server.started:
         sys.exit(1)  # the port was taken, say
+
+
+def prune_daily(log, days: int, server) -> None:
+    """The retention period (MADOGUCHI_RETENTION_DAYS): at start, then once a day."""
+    from chatbot import store
+
+    while not server.should_exit:
+        try:
+            gone = log.prune(days)
+            if any(gone.values()):
+                print(f"madoguchi: deleted log records older than {days} days: {gone}", flush=True)
+        except store.Unavailable as e:
+            print(f"madoguchi: WARNING: could not prune the log: {e}", file=sys.stderr, flush=True)
+        for _ in range(24 * 3600):
+            if server.should_exit:
+                return
+            time.sleep(1)
 
 
 def _css() -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from chatbot import __version__, config
@@ -30,11 +32,13 @@ EPILOG = """examples:
   python -m chatbot bench --only search
 
   python -m chatbot db status --db postgresql://madoguchi@127.0.0.1/madoguchi
+  python -m chatbot db prune --older-than 90d
   python -m chatbot staff add sato     # a console login (asks for the password twice)
 
 environment: MADOGUCHI_CORPUS, MADOGUCHI_INDEX, MADOGUCHI_DATA, MADOGUCHI_CACHE, MADOGUCHI_MODEL,
-MADOGUCHI_DB, MADOGUCHI_REPLICA, MADOGUCHI_BANK: move the corpus, index, desk data, model cache,
-choose the embedding model, the log's database, this desk's name in it and the question bank."""
+MADOGUCHI_DB, MADOGUCHI_REPLICA, MADOGUCHI_BANK, MADOGUCHI_RETENTION_DAYS: move the corpus, index,
+desk data, model cache, choose the embedding model, the log's database, this desk's name in it, the
+question bank and how many days the desk keeps log records."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate)
 
     p = commands.add_parser("db", help="the desk's log database: status, migrate, flush spools, clear")
-    p.add_argument("action", choices=["status", "migrate", "flush", "clear"],
+    p.add_argument("action", choices=["status", "migrate", "flush", "prune", "clear"],
                    help="status: where, schema, counts; migrate: bring the schema up to date; flush: write "
-                        "spools left by stopped desks; clear: delete every stored question and feedback")
+                        "spools left by stopped desks; prune: delete what is older than --older-than; "
+                        "clear: delete every stored question and feedback")
+    p.add_argument("--older-than", metavar="AGE", help="prune: an age such as 90d (days) or 12w (weeks)")
     p.add_argument("--db", metavar="URL", help="sqlite:///PATH or postgresql://… (default: $MADOGUCHI_DB, "
                    "else SQLite in the data directory)")
     p.add_argument("--data-dir", type=Path, help="where the spools are (default: $MADOGUCHI_DATA or ./data)")
@@ -430,6 +436,10 @@ def cmd_db(args) -> None:
                 if not done:
                     raise StoreError(f"{path} is not fully written: {log.last_error}")
             out.update(backend.count())
+        elif args.action == "prune":
+            days = _days(args.older_than)
+            out.update(older_than_days=days, deleted=backend.prune(datetime.now(timezone.utc) - timedelta(days=days)),
+                       **backend.count())
         elif args.action == "clear":
             if not args.yes:
                 raise StoreError(f"this deletes every question and feedback in {backend.label}; add --yes to do it")
@@ -445,6 +455,16 @@ def cmd_db(args) -> None:
         return
     for k, v in out.items():
         print(f"{k}: {v}")
+
+
+def _days(age: str | None) -> int:
+    """'90d' → 90, '12w' → 84."""
+    from chatbot.errors import StoreError
+
+    m = re.fullmatch(r"(\d+)([dw])", (age or "").strip())
+    if not m:
+        raise StoreError(f"--older-than wants an age such as 90d or 12w, got {age!r}")
+    return int(m.group(1)) * (7 if m.group(2) == "w" else 1)
 
 
 def cmd_staff(args) -> None:

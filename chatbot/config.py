@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from chatbot.errors import StoreError
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -37,6 +39,14 @@ def data_dir() -> Path:
 
 def db_url() -> str:
     return os.environ.get("MADOGUCHI_DB", "").strip()
+
+
+def retention_days() -> int:
+    """MADOGUCHI_RETENTION_DAYS: the desk deletes log records older than this, daily (0: keeps all)."""
+    value = os.environ.get("MADOGUCHI_RETENTION_DAYS", "").strip() or "0"
+    if not value.isdigit():
+        raise StoreError(f"MADOGUCHI_RETENTION_DAYS must be a number of days, got {value!r}")
+    return int(value)
 
 
 def replica() -> str:

@@ -445,3 +445,27 @@ def test_a_status_check_creates_nothing(tmp_path):
     assert backend.count() == {"questions": 0, "feedback": 0} and backend.version() == 0
     backend.clear()
     assert not (tmp_path / "typo").exists()
+
+
+def test_prune_deletes_only_what_is_older_than_the_retention(db_url, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    log = store.open_store(db_url, tmp_path / "data", "desk-1")
+    try:
+        assert log.log_question("visitor", "new", NO_MATCH) and log.log_feedback("visitor", "new", "", True)
+        assert log.flush(15)
+    finally:
+        log.close(2)
+    old = (datetime.now(timezone.utc) - timedelta(days=100)).isoformat(timespec="milliseconds")
+    for table in ("questions", "feedback"):
+        _execute(db_url, f"INSERT INTO {table} (at, channel, question, {'abstained, ambiguous' if table == 'questions' else 'helpful'})"
+                         f" VALUES ('{old}', 'visitor', 'old', {'TRUE, FALSE' if table == 'questions' else 'TRUE'})")
+    done = subprocess.run([sys.executable, "-m", "chatbot", "db", "prune", "--older-than", "90d", "--db", db_url,
+                           "--data-dir", str(tmp_path / "data"), "--json"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    out = json.loads(done.stdout)
+    assert out["deleted"] == {"questions": 1, "feedback": 1} and (out["questions"], out["feedback"]) == (1, 1)
+    assert query(db_url, "SELECT question FROM questions") == [("new",)]
+    bad = subprocess.run([sys.executable, "-m", "chatbot", "db", "prune", "--older-than", "soon", "--db", db_url],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "90d" in bad.stderr

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from chatbot import privacy, text
@@ -97,6 +97,10 @@ class Log:
         except Unavailable as e:
             out = {**empty_stats(), "error": f"{_clock()} 集計を読めません（{self.backend.label}）: {e}"}
         return {**out, **self.status()}
+
+    def prune(self, days: int) -> dict:
+        """Delete the records older than `days` from the database (the retention period)."""
+        return self.backend.prune(datetime.now(timezone.utc) - timedelta(days=days))
 
     def status(self) -> dict:
         with self._lock:

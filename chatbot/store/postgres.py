@@ -171,6 +171,13 @@ class PostgresBackend:
             if _version(conn):
                 conn.execute("TRUNCATE questions, feedback")
 
+    def prune(self, before: datetime) -> dict:
+        with self._session() as conn:
+            if not _version(conn):
+                return {"questions": 0, "feedback": 0}
+            return {table: conn.execute(f"DELETE FROM {table} WHERE at < %s", (before,)).rowcount
+                    for table in ("questions", "feedback")}
+
     def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._session() as conn:
             cursor = conn.execute(sql, params)

@@ -98,6 +98,10 @@ class Backend(Protocol):
     def clear(self) -> None:
         """Delete every stored question and feedback (the schema stays). Raises Unavailable."""
 
+    def prune(self, before) -> dict:
+        """Delete the questions and feedback older than `before` (an aware datetime); how many of
+        each went. Raises Unavailable."""
+
     mark: str  # the driver's placeholder, ? or %s
 
     def execute(self, sql: str, params: tuple = ()) -> list[tuple]:

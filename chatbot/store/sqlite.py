@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from chatbot.store.schema import (FIELDS, FLAGS, SCHEMA_VERSION, Unavailable, empty_stats, insert_statements, stats,
@@ -167,6 +168,22 @@ class SQLiteBackend:
                 db.execute("COMMIT")
                 db.execute("VACUUM")  # deleted text must not linger in free pages
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def prune(self, before: datetime) -> dict:
+        if not self.path.exists():
+            return {"questions": 0, "feedback": 0}
+        cutoff = before.astimezone(timezone.utc).isoformat(timespec="milliseconds")  # the stored form: ISO text, UTC
+        with self._session() as db:
+            if not self._version(db):
+                return {"questions": 0, "feedback": 0}
+            db.execute("BEGIN IMMEDIATE")
+            gone = {kind: db.execute(f"DELETE FROM {table} WHERE at < ?", (cutoff,)).rowcount
+                    for kind, table in (("questions", "questions"), ("feedback", "feedback"))}
+            db.execute("COMMIT")
+            if any(gone.values()):
+                db.execute("VACUUM")  # deleted text must not linger in free pages
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return gone
 
     def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._session() as db:
