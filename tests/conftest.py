@@ -28,6 +28,7 @@ class RunningDesk:
     index_dir: Path
     output: list[str]  # the desk's console (stdout and stderr), line by line
     log_url: str  # where it logs: read it with tests/logdb.query
+    bank: Path  # its question bank file (console corrections)
     staff: tuple[str, str] = STAFF  # the console account created before it started
 
     def console(self):
@@ -94,6 +95,6 @@ def desk(request, tmp_path_factory) -> RunningDesk:
     except RuntimeError as e:
         pytest.fail(str(e))
     try:
-        yield RunningDesk(proc.url, proc.data_dir, root / "index", proc.output, log_url)
+        yield RunningDesk(proc.url, proc.data_dir, root / "index", proc.output, log_url, proc.bank)
     finally:
         proc.stop()

@@ -35,7 +35,8 @@ class DeskProcess:
             env.pop(name, None)
         if corpus_dir is not None:
             env["MADOGUCHI_CORPUS"] = str(corpus_dir)
-        env["MADOGUCHI_BANK"] = str(Path(data_dir) / "bank.jsonl")  # console corrections stay in the test's folder
+        self.bank = Path(data_dir).with_name(Path(data_dir).name + "-bank.jsonl")  # console corrections: the test's
+        env["MADOGUCHI_BANK"] = str(self.bank)
         self.staff = staff
         if staff:
             subprocess.run([sys.executable, "-m", "chatbot", "staff", "add", staff[0], "--password-stdin",

@@ -6,6 +6,7 @@ open). Screenshots of both tabs at desktop and phone width go to artifacts/scree
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,28 @@ def ask(page, question: str) -> None:
 
 def last_title(page) -> str:
     return page.locator("#desk-chat .desk-title").last.inner_text()
+
+
+AXE = REPO / ".ci" / "node_modules" / "axe-core" / "axe.min.js"  # npm install --prefix .ci axe-core (.ci/run)
+WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+
+
+def accessibility_violations(page) -> list[str]:
+    """axe-core's WCAG 2.1 A/AA violations on the page as it is now: rule id and the first targets."""
+    if not AXE.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must audit accessibility: {AXE} is missing (npm install --prefix .ci axe-core)")
+        pytest.skip(f"no {AXE}: npm install --prefix .ci axe-core")
+    page.add_script_tag(path=str(AXE))
+    found = page.evaluate("async tags => (await axe.run(document, {runOnly: {type: 'tag', values: tags}}))"
+                          ".violations.map(v => v.id + ': ' + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', '))",
+                          WCAG)
+    return found
+
+
+def test_the_visitor_page_after_an_answer_has_no_accessibility_violations(page):
+    ask(page, "J-PlatPatで特許を検索したい")
+    assert accessibility_violations(page) == []
 
 
 def shoot(page, name: str) -> Path:
@@ -161,9 +184,11 @@ def test_staff_console_behind_a_login_and_screenshots(page, desk):
     assert page.get_by_role("tab", name="職員用").count() == 0  # the visitor page offers no way in
     assert page.locator('a[href*="staff"]').count() == 0
     page.goto(page.url.rstrip("/") + "/staff/")
-    login(page, desk.staff[0], "not-the-password")
-    page.get_by_text("Incorrect", exact=False).first.wait_for()  # Gradio's own login form says so
+    with page.expect_response(lambda r: r.url.endswith("/staff/login")) as refused:
+        login(page, desk.staff[0], "not-the-password")
+    assert refused.value.status == 400
     shoot(page, "staff-login")
+    assert page.locator("input[type=password]").is_visible() and page.locator("#staff-question").count() == 0
     login(page, *desk.staff)
     box = page.locator("#staff-question textarea")
     box.fill("起業したばかりで知財の専門家に相談したい")
@@ -181,6 +206,7 @@ def test_staff_console_behind_a_login_and_screenshots(page, desk):
     page.set_viewport_size(PHONE)
     shoot(page, "staff-phone")
     page.set_viewport_size(DESKTOP)
+    assert accessibility_violations(page) == []
     page.locator("#staff-logout").click()
     page.locator("input[type=password]").wait_for()  # logged out: the login form again
     assert page.locator("#staff-question").count() == 0

@@ -146,7 +146,7 @@ def test_a_console_correction_answers_the_next_visitor(desk, client):
     assert console.predict("8.(1)", api_name="/staff_correct").startswith("質問バンクに")
     out = client.predict(question, 5, "", api_name="/search")
     assert out["decision"] == "answer" and out["results"][0]["key"] == "8.(1)"
-    by = [json.loads(line)["by"] for line in (desk.data_dir / "bank.jsonl").read_text(encoding="utf-8").splitlines()]
+    by = [json.loads(line)["by"] for line in desk.bank.read_text(encoding="utf-8").splitlines()]
     assert desk.staff[0] in by
 
 

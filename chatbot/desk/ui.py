@@ -45,6 +45,7 @@ CSS = """
 .desk-qr-code svg { width: 180px; height: 180px; max-width: 100%; }
 #desk-maybe button { white-space: normal; }
 @media (max-width: 480px) { .desk-chat { font-size: 15px; } }
+footer .show-api, footer .show-api * { color: var(--body-text-color) !important; opacity: 1 !important; }  /* WCAG contrast */
 """
 
 
