@@ -4,9 +4,10 @@ ranking and the HTML rendering. Issue 8.
 Each input goes through what a visitor's question goes through in the desk (chatbot.desk.service.Desk
 over the real index, model and an SQLite log in a temporary directory):
 
-    Desk.ask(q) → the /search JSON; Desk.ranking(q) (staff table); render.answer_html / esc(q) (chat)
+    Desk.ask(q) → the /search JSON, or Desk.staff_search(q) (the console's answer and its top-10 table)
+    for every 5th input; render.answer_html / esc(q) (chat), render.result_html (console)
 
-(the staff ranking for every 5th input: it encodes the question a second time) and is checked
+and is checked
 for: no exception; the answer's contract shape; JSON that encodes as UTF-8; a clear
 message (and no results) for empty or over-long questions; rendered HTML with no tag or attribute
 but render.py's own (no <script>, no on*=, no javascript: href) however the input is made.
@@ -96,7 +97,10 @@ class Nasty:
 def check(desk, render, question: str, limit: int, staff: bool = True) -> list[str]:
     """The problems with one input (empty when all is well)."""
     problems = []
-    out, _ = desk.ask(question, channel="api")
+    if staff:
+        out, rows, _ = desk.staff_search(question, 10)
+    else:
+        (out, _), rows = desk.ask(question, channel="api"), []
     if not (ANSWER_KEYS <= set(out) <= ANSWER_KEYS | {"message"}):
         problems.append(f"keys {sorted(out)}")
     json.dumps(out, ensure_ascii=False).encode("utf-8")
@@ -114,7 +118,6 @@ def check(desk, render, question: str, limit: int, staff: bool = True) -> list[s
         bad.append("<script")
     if bad:
         problems.append(f"markup in the chat: {bad[:3]}")
-    rows = desk.ranking(question, 10) if staff else []
     for r in rows[:3]:
         bad_staff = audit(render.result_html(r, question, desk.link_titles))
         if bad_staff:
@@ -128,7 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--max-seconds", type=float, default=900, help="stop earlier than --n after this long")
     parser.add_argument("--index-dir", type=Path, help="a built index (default: build one in a temporary directory)")
-    parser.add_argument("--staff-every", type=int, default=5, help="the staff ranking for every k-th input (it encodes again)")
+    parser.add_argument("--staff-every", type=int, default=5, help="the staff search instead of the API search for every k-th input")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
 

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -209,20 +210,17 @@ def open_searcher(args):
 
 
 def cmd_ask(args) -> None:
-    from chatbot import text
+    from chatbot import search
     from chatbot.errors import QueryError
 
     searcher = open_searcher(args)
 
     def answer(query: str, context: str | None) -> dict:
-        # Issue 8: a lone surrogate ("\ud800" in a --jsonl line, invalid UTF-8 in argv) echoed by the
-        # error answer below made print() raise UnicodeEncodeError: a traceback instead of a line.
-        query = text.scrub(query)
         try:
             return searcher.search(query, top_k=args.top_k, context=context or None,
                                    method=args.method).to_json()
-        except QueryError as e:
-            return {"query": query, "abstained": True, "ambiguous": False, "results": [], "error": str(e)}
+        except QueryError as e:  # the query echoed is scrubbed: a lone surrogate cannot be printed
+            return search.Answer.refused(query, str(e)).to_json()
 
     if args.question is not None:
         out = answer(args.question, args.context)
@@ -405,11 +403,9 @@ def cmd_db(args) -> None:
     from chatbot import store
     from chatbot.errors import StoreError
 
-    url = config.db_url() if args.db is None else args.db
     data = args.data_dir or config.data_dir()
-    backend = store.open_backend(url, data)
-    out: dict = {"store": backend.label}
-    try:
+    with log_database(args) as backend:
+        out: dict = {"store": backend.label}
         if args.action == "status":
             out.update(schema=backend.version(), **backend.count())
             out["spools"] = {p.name: sum(1 for _ in p.open("rb")) for p in sorted(data.glob("spool-*.jsonl"))
@@ -446,15 +442,27 @@ def cmd_db(args) -> None:
             before = backend.count()
             backend.clear()
             out.update(deleted=before, **backend.count())
-    except store.Unavailable as e:
-        raise StoreError(f"{backend.label}: {e}") from None
-    finally:
-        getattr(backend, "close", lambda: None)()
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
         return
     for k, v in out.items():
         print(f"{k}: {v}")
+
+
+@contextmanager
+def log_database(args):
+    """The log's database for a command (--db, --data-dir): "not available" becomes a one-line
+    error naming it; closed afterwards."""
+    from chatbot import store
+    from chatbot.errors import StoreError
+
+    backend = store.open_backend(config.db_url() if args.db is None else args.db, args.data_dir or config.data_dir())
+    try:
+        yield backend
+    except store.Unavailable as e:
+        raise StoreError(f"{backend.label}: {e}") from None
+    finally:
+        getattr(backend, "close", lambda: None)()
 
 
 def _days(age: str | None) -> int:
@@ -471,13 +479,12 @@ def cmd_staff(args) -> None:
     """Console accounts; passwords are asked for (or read from stdin), never taken as arguments."""
     import getpass
 
-    from chatbot import staff, store
+    from chatbot import staff
     from chatbot.errors import StoreError
 
     if args.action != "list" and not args.name:
         raise StoreError(f"staff {args.action} needs a name: python -m chatbot staff {args.action} NAME")
-    backend = store.open_backend(config.db_url() if args.db is None else args.db, args.data_dir or config.data_dir())
-    try:
+    with log_database(args) as backend:
         backend.migrate()
         accounts = staff.Accounts(backend)
         if args.action == "add":
@@ -495,10 +502,6 @@ def cmd_staff(args) -> None:
             out = {"removed": args.name, "store": backend.label}
         else:
             out = {"accounts": accounts.list(), "store": backend.label}
-    except store.Unavailable as e:
-        raise StoreError(f"{backend.label}: {e}") from None
-    finally:
-        getattr(backend, "close", lambda: None)()
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
     elif args.action == "list":

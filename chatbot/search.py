@@ -112,7 +112,7 @@ class Result:
 
     def to_json(self) -> dict:
         return {"key": self.key, "title": self.title, "section": self.section, "text": self.text,
-                "urls": self.urls, "score": round(self.score, 4), "subitem": self.subitem,
+                "urls": self.urls, "score": round(float(self.score), 4), "subitem": self.subitem,
                 "breadcrumb": self.breadcrumb}
 
 
@@ -127,13 +127,23 @@ class Answer:
     context: str = ""  # the context programme the answer stayed on, if it did
     confidence: float = 0.0  # the abstention model's probability that the question is in scope
     elapsed_ms: float = 0.0
+    error: str = ""  # why the question could not be searched as asked (a bad context or top_k)
+    ranking: "Ranking | None" = field(default=None, repr=False)  # every programme's score (staff view)
+
+    @classmethod
+    def refused(cls, query: str, error: str) -> "Answer":
+        """The answer to a request that cannot be searched: the same shape, with `error`."""
+        return cls(text.scrub(query)[:MAX_QUERY_CHARS], True, False, [], error=error)
 
     def to_json(self) -> dict:
-        out = {"query": self.query, "abstained": self.abstained, "ambiguous": self.ambiguous,
+        """The contract of `ask --json` and the desk's /search (JSON-native types throughout)."""
+        out = {"query": self.query, "abstained": bool(self.abstained), "ambiguous": bool(self.ambiguous),
                "decision": self.decision, "results": [r.to_json() for r in self.results],
-               "confidence": round(self.confidence, 4), "followed_context": bool(self.context)}
+               "confidence": round(float(self.confidence), 4), "followed_context": bool(self.context)}
         if self.message:
             out["message"] = self.message
+        if self.error:
+            out["error"] = self.error
         return out
 
 
@@ -249,7 +259,12 @@ class Searcher:
                      and ranking.fused[top[1]] >= (1 - s.ambiguity_margin) * ranking.fused[top[0]])
         results = [] if abstained else [self._result(i, ranking) for i in top]
         return Answer(query, bool(abstained), bool(ambiguous), results, decision, context=stayed,
-                      confidence=confidence, elapsed_ms=(time.perf_counter() - started) * 1000)
+                      confidence=confidence, elapsed_ms=(time.perf_counter() - started) * 1000, ranking=ranking)
+
+    def ranked(self, answer: Answer, top_k: int = 10) -> list[Result]:
+        """The first `top_k` programmes of the answer's ranking, also when it abstained (staff view)."""
+        ranking = answer.ranking
+        return [] if ranking is None else [self._result(i, ranking) for i in ranking.order[:top_k]]
 
     def decide(self, confidence: float) -> str:
         s = self.settings

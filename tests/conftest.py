@@ -18,7 +18,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules next to the tests (postgres, logdb, …)
 START_TIMEOUT = 180  # seconds: a cold index build takes about 30
-STAFF = ("tester", "correct-horse-battery")  # the session desks' console login
+
+
+from desk_process import STAFF  # noqa: E402 - after the sys.path line
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 READY = "madoguchi: ready at"
+STAFF = ("tester", "correct-horse-battery")  # the console login of the tests' desks
 
 
 def free_port() -> int:

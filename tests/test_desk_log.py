@@ -19,7 +19,7 @@ import pytest
 
 from chatbot.store.schema import SCHEMA_VERSION
 
-from desk_process import DeskProcess
+from desk_process import STAFF, DeskProcess
 from logdb import Outage, eventually, query, scalar
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def db(request, tmp_path) -> tuple[str, object]:
 @pytest.fixture
 def logged_desk(lean_index, db, tmp_path):
     url, _ = db
-    desk = DeskProcess(lean_index, tmp_path / "data", db=url, replica="desk-a")
+    desk = DeskProcess(lean_index, tmp_path / "data", db=url, replica="desk-a", staff=STAFF)
     try:
         yield desk, url
     finally:
@@ -119,14 +119,15 @@ def test_two_desks_on_one_database_see_the_whole_picture(lean_index, db, tmp_pat
     from gradio_client import Client
 
     url, _ = db
-    a = DeskProcess(lean_index, tmp_path / "a", db=url, replica="desk-a")
-    b = DeskProcess(lean_index, tmp_path / "b", db=url, replica="desk-b")
+    a = DeskProcess(lean_index, tmp_path / "a", db=url, replica="desk-a", staff=STAFF)
+    b = DeskProcess(lean_index, tmp_path / "b", db=url, replica="desk-b")  # the account a made is b's too
     try:
-        search(a.url, "今日の天気は？ asked at a")
+        Client(a.url, verbose=False).predict("今日の天気は？ asked at a", [], api_name="/ask")  # a visitor's chat
         search(b.url, "J-PlatPatで特許を検索したい")
         eventually(lambda: scalar(url, "SELECT count(*) FROM questions") == 2)
         for desk in (a, b):
-            summary, _, no_match, desks = Client(desk.url, verbose=False).predict(api_name="/staff_stats")
+            console = Client(desk.url + "/staff/", auth=STAFF, verbose=False)
+            summary, _, no_match, desks = console.predict(api_name="/staff_stats")
             assert "質問 2 件" in summary
             assert [row[0] for row in no_match["data"]] == ["今日の天気は？ asked at a"]
             assert sorted(row[0] for row in desks["data"]) == ["desk-a", "desk-b"]
@@ -141,7 +142,7 @@ def test_the_desk_keeps_answering_while_the_database_is_down(logged_desk, db):
     desk, url = logged_desk
     search(desk.url, "今日の天気は？ before")
     assert eventually(lambda: scalar(url, "SELECT count(*) FROM questions") == 1)
-    staff = Client(desk.url, verbose=False)
+    staff = Client(desk.url + "/staff/", auth=STAFF, verbose=False)  # logged in before the outage
     with Outage(url, db[1]):
         answers = [search(desk.url, f"{OFF_TOPIC[i % 4]} down-{i}") for i in range(10)]
         assert all(a["abstained"] for a in answers)

@@ -1,7 +1,8 @@
 """The desk's one way into the engine: search, log, and look programmes up.
 
-The UI and the API endpoint both go through `Desk.ask`, so what the chat shows, what /search
-returns and what gets logged cannot drift apart.
+The chat, the console and the API all go through `Desk` (questions through `_search`, votes
+through `feedback`), so what the chat shows, what /search returns and what gets logged cannot
+drift apart, and the UI modules only lay out and render.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
-
 from chatbot import search as search_mod
 from chatbot import staff, text
 from chatbot.errors import QueryError
 
 
 class Desk:
+    """The boundary of the desk: every question and vote from the chat, the console and the API
+    comes in here, is checked and scrubbed once (a lone surrogate from JSON "\ud800" cannot be
+    encoded: it broke the log's INSERT and the reply, issue 8), searched, and logged."""
+
     def __init__(self, searcher, programmes, store):
         self.searcher = searcher
         self.store = store
@@ -31,27 +34,24 @@ class Desk:
         # Gradio's worker threads take turns here.
         self._lock = threading.Lock()
 
+    # -- questions ----------------------------------------------------------------------------
+
     def ask(self, question: str, *, top_k: int = 5, context: str = "", audience: str = "",
-            channel: str = "visitor", log: bool = True) -> tuple[dict, float]:
+            channel: str = "visitor") -> tuple[dict, float]:
         """(Answer.to_json(), milliseconds). Raises QueryError for a bad context or top_k."""
-        started = time.perf_counter()
-        # Issue 8: a lone surrogate (JSON "\ud800" sent to the API) cannot be encoded as UTF-8: it
-        # made the log's INSERT and the JSON reply raise, so the caller got no answer at all.
-        question = text.scrub(question or "")
-        with self._lock:
-            answer = self.searcher.search(question, top_k=top_k, context=context or None,
-                                          audience=audience or None)
-        out = plain(answer.to_json())
-        elapsed = (time.perf_counter() - started) * 1000
-        if log and not out.get("message"):  # empty or over-long input is not a question to count
-            self.store.log_question(channel, question, out, context=context, audience=audience,
-                                    elapsed_ms=round(elapsed, 1))
-        return out, elapsed
+        answer, elapsed = self._search(question, top_k=top_k, context=context, audience=audience, channel=channel)
+        return answer.to_json(), elapsed
+
+    def staff_search(self, question: str, top_k: int = 10) -> tuple[dict, list[dict], float]:
+        """The console's search: the answer, and the first `top_k` programmes with their scores
+        also when it abstains, from one ranking."""
+        answer, elapsed = self._search(question, top_k=top_k, channel="staff")
+        rows = [r.to_json() for r in self.searcher.ranked(answer, top_k)]
+        return answer.to_json(), rows, elapsed
 
     def api_search(self, question: str, top_k: int = 5, context: str = "") -> dict:
         """The pinned /search endpoint: exactly `python -m chatbot ask --json`. Arguments of the
         wrong JSON type are an error answer, never coerced (2.7 is not 2, true is not 1)."""
-        shown = text.scrub(question[:search_mod.MAX_QUERY_CHARS]) if isinstance(question, str) else ""
         try:
             if not isinstance(question, str):
                 raise QueryError(f"question must be a string, got {type(question).__name__}")
@@ -63,13 +63,26 @@ class Desk:
                 raise QueryError(f"context must be a programme key (a string), got {type(context).__name__}")
             return self.ask(question, top_k=top_k, context=(context or "").strip(), channel="api")[0]
         except QueryError as e:  # the same shape the CLI prints for a question it cannot search
-            return {"query": shown, "abstained": True, "ambiguous": False, "decision": "none", "results": [],
-                    "error": str(e)}
+            return search_mod.Answer.refused(question if isinstance(question, str) else "", str(e)).to_json()
 
-    def api_feedback(self, question: str, key: str = "", helpful: bool = True) -> dict:
-        """The pinned /feedback endpoint, for kiosks and other front ends: a 👍/👎 on the answer to
-        `question` about programme `key` ("" = the answer found nothing). `recorded` is the log's
-        acknowledgement (see chatbot.store.log for what it guarantees)."""
+    def _search(self, question: str, *, top_k: int, channel: str, context: str = "", audience: str = ""):
+        started = time.perf_counter()
+        question = text.scrub(question or "")
+        with self._lock:
+            answer = self.searcher.search(question, top_k=top_k, context=context or None, audience=audience or None)
+        elapsed = (time.perf_counter() - started) * 1000
+        if not answer.message:  # empty or over-long input is not a question to count
+            self.store.log_question(channel, question, answer.to_json(), context=context, audience=audience,
+                                    elapsed_ms=round(elapsed, 1))
+        return answer, elapsed
+
+    # -- votes and corrections -------------------------------------------------------------------
+
+    def feedback(self, channel: str, question, key="", helpful=True, staff: str = "") -> dict:
+        """A 👍/👎 on the answer to `question` about programme `key` ("" = the answer found
+        nothing), from the chat, the console or the API alike. `recorded` is the log's
+        acknowledgement (see chatbot.store.log for what it guarantees); `warnings` what staff
+        should know about the log (a spool that cannot be written, a database away)."""
         out = {"question": question if isinstance(question, str) else "", "key": key if isinstance(key, str) else "",
                "helpful": helpful, "recorded": False}
         if not isinstance(question, str) or not isinstance(key or "", str):
@@ -82,8 +95,15 @@ class Desk:
             return {**out, "error": f"unknown programme key {key[:20]!r} (see python -m chatbot list)"}
         if not isinstance(helpful, bool):
             return {**out, "helpful": None, "error": f"helpful must be true or false, got {_brief(helpful)}"}
-        uid = self.store.log_feedback("api", question, key, helpful)
-        return {**out, "recorded": bool(uid), "id": uid}
+        uid = self.store.log_feedback(channel, question, key, helpful, staff=staff)
+        out.update(recorded=bool(uid), id=uid)
+        if not uid:
+            out["error"] = self.store.last_error or "the log did not take the vote"
+        return out
+
+    def api_feedback(self, question: str, key: str = "", helpful: bool = True) -> dict:
+        """The pinned /feedback endpoint, for kiosks and other front ends (see `feedback`)."""
+        return self.feedback("api", question, key, helpful)
 
     def correct(self, question: str, key: str, staff: str) -> str:
         """「正しい施策はこれ」 from the console: the question goes into the question bank under `key`
@@ -97,36 +117,20 @@ class Desk:
             done = bank.add(path, [{"key": key, "question": question}], set(self.programmes), source="console", by=staff)
         except (bank.BankError, OSError) as e:
             return f"⚠️ 登録できませんでした: {e}"
-        self.store.log_feedback("staff", question, key, True, staff=staff)
+        self.feedback("staff", question, key, True, staff=staff)
         verb = "付け替えました" if done.get("relabelled") else "登録しました" if done.get("added") else "登録済みです"
         return f"質問バンクに{verb}（{key}）。次の検索から使われます。"
 
-    def ranking(self, question: str, top_k: int = 10) -> list[dict]:
-        """The first `top_k` programmes by fused score, also when the search abstains (staff view)."""
-        clean = text.normalise(question)
-        if not clean or len(clean) > search_mod.MAX_QUERY_CHARS:
-            return []
-        with self._lock:
-            ranking = self.searcher.rank(clean)
-        rows = []
-        for i in ranking.order[:top_k]:
-            p = self.searcher.index.passages[int(ranking.best[i])]
-            rows.append({"key": p.key, "title": p.title, "breadcrumb": p.breadcrumb, "text": p.text,
-                         "urls": list(p.urls), "score": round(float(ranking.fused[i]), 4)})
-        return rows
+    # -- the log, for the console -----------------------------------------------------------------
+
+    def log_problems(self) -> list[str]:
+        return [p for p in (self.store.spool_error, self.store.last_error) if p]
+
+    def stats(self) -> dict:
+        return self.store.stats()
 
 
 def _brief(value) -> str:
     """A wrong argument, named in an error without echoing a megabyte of it."""
     shown = repr(value)
     return shown if len(shown) <= 40 else f"{shown[:40]}… ({type(value).__name__})"
-
-
-def plain(value):
-    """JSON-native copy: the engine may hand back numpy scalars (a np.bool_ flag), which Gradio
-    would serialise as the string "False"."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value.item() if isinstance(value, np.generic) else value

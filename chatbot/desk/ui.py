@@ -17,7 +17,6 @@ from datetime import datetime, timedelta, timezone
 
 import gradio as gr
 
-from chatbot import text
 from chatbot.corpus import AUDIENCES
 from chatbot.desk import render
 from chatbot.desk.render import esc
@@ -125,11 +124,11 @@ def _visitor_tab(desk) -> None:
 
     def respond(question, history, state):
         history = list(history or [])
-        question = text.scrub(question or "")  # Issue 8: a lone surrogate broke the reply (UnicodeEncodeError)
-        if not question.strip():
+        if not (question or "").strip():
             return [history, state, "", gr.update(), *maybe_updates(state["candidates"])]
         context = state["context"]
         out, _ = desk.ask(question, context=context, audience=state["audience"])
+        question = out["query"]  # as the desk took it (scrubbed: a lone surrogate cannot be shown)
         followed = desk.programmes[context].title if context in desk.programmes else ""
         history.append({"role": "user", "content": esc(question)})
         history.append({"role": "assistant", "content": render.answer_html(out, desk.link_titles, followed)})
@@ -186,7 +185,7 @@ def _visitor_tab(desk) -> None:
         turn = state["turns"].get(data.index if isinstance(data.index, int) else data.index[0])
         if turn is None or not isinstance(data.liked, bool):
             return ""  # a retracted vote, or a message that answered nothing
-        desk.store.log_feedback("visitor", turn["question"], turn["key"], data.liked)
+        desk.feedback("visitor", turn["question"], turn["key"], data.liked)
         return "ご意見ありがとうございました。今後の改善に役立てます。"
 
     chat.like(vote, session, thanks, **private)
@@ -213,9 +212,8 @@ def _staff_tab(desk) -> dict:
     noted = gr.Markdown("", elem_id="staff-noted")
 
     def run(question, state):
-        question = text.scrub(question or "")  # Issue 8: a lone surrogate broke the reply and the feedback log
-        out, elapsed = desk.ask(question, top_k=10, channel="staff")
-        rows = desk.ranking(question, 10)
+        out, rows, elapsed = desk.staff_search(question, 10)
+        question = out["query"]
         state = {"question": question, "rows": rows, "selected": 0}
         if out.get("message"):
             flag_line = f"⚠️ {out['message']}"
@@ -240,10 +238,11 @@ def _staff_tab(desk) -> dict:
             return "先に検索してください。"
         rows = state["rows"]
         key = rows[state["selected"]]["key"] if state["selected"] < len(rows) else ""
-        if not desk.store.log_feedback("staff", state["question"], key, helpful, staff=request.username or ""):
-            return f"⚠️ 記録できませんでした。{desk.store.last_error}"
-        problems = [p for p in (desk.store.spool_error, desk.store.last_error) if p]
-        return f"記録しました（{'役に立った' if helpful else '違った'}: {key}）。" + "".join(f"\n\n⚠️ {p}" for p in problems)
+        done = desk.feedback("staff", state["question"], key, helpful, staff=request.username or "")
+        if not done["recorded"]:
+            return f"⚠️ 記録できませんでした。{done.get('error', '')}"
+        return f"記録しました（{'役に立った' if helpful else '違った'}: {key}）。" + "".join(
+            f"\n\n⚠️ {p}" for p in desk.log_problems())
 
     def rate_up(state, request: gr.Request):
         return rate(True, state, request)
@@ -275,7 +274,7 @@ def _staff_tab(desk) -> dict:
     def analytics():
         import pandas as pd  # a gradio dependency; only the staff view needs it
 
-        s = desk.store.stats()
+        s = desk.stats()
         votes = s["helpful"] + s["unhelpful"]
         ratio = f"{s['helpful'] / votes:.0%}" if votes else "—"
         lines = [f"質問 {s['questions']} 件 ・ 評価: 役に立った {s['helpful']} / 違った {s['unhelpful']}（役に立った率 {ratio}）",
