@@ -17,7 +17,7 @@ from chatbot.errors import QueryError
 
 class Desk:
     """The boundary of the desk: every question and vote from the chat, the console and the API
-    comes in here, is checked and scrubbed once (a lone surrogate from JSON "\ud800" cannot be
+    comes in here, is checked and scrubbed once (a lone surrogate, U+D800 sent as JSON, cannot be
     encoded: it broke the log's INSERT and the reply, issue 8), searched, and logged."""
 
     def __init__(self, searcher, programmes, store):
