@@ -96,7 +96,7 @@ def main(argv=None) -> None:
               "(the staff console at /staff asks for a login). Use the default 127.0.0.1 unless that is intended.",
               file=sys.stderr, flush=True)
     try:
-        retention = config.retention_days()
+        retention, rate = config.retention_days(), config.rate_limit()
         visitor, console, desk = create_app(args.data_dir, args.db, args.replica, args.port)
     except MadoguchiError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -113,7 +113,7 @@ def main(argv=None) -> None:
     for blocks in (visitor, console):
         if blocks is not None:
             blocks.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
-    app = web.create(visitor, console, desk.accounts, theme="default", css=_css())
+    app = web.create(visitor, console, desk.accounts, theme="default", css=_css(), rate=rate)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            access_log=False, server_header=False, timeout_graceful_shutdown=5))
 

@@ -52,10 +52,12 @@ def cpu_s(pid: int) -> float | None:
 
 def desk_env(index_dir: Path) -> dict:
     """The environment for a benchmarked desk: this index, unbuffered console, and none of the
-    operator's MADOGUCHI_DATA / _DB / _REPLICA, so a bench never logs into a real database."""
+    operator's MADOGUCHI_DATA / _DB / _REPLICA, so a bench never logs into a real database; no rate
+    limit (tests/test_console.py checks it)."""
     env = dict(os.environ, MADOGUCHI_INDEX=str(index_dir), PYTHONUNBUFFERED="1")
     for name in ("MADOGUCHI_DATA", "MADOGUCHI_DB", "MADOGUCHI_REPLICA"):
         env.pop(name, None)
+    env["MADOGUCHI_RATE_LIMIT"] = "0"  # every load client is 127.0.0.1: measure the desk, not the limit
     return env
 
 

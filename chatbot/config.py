@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from chatbot.errors import StoreError
+from chatbot.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,8 +45,20 @@ def retention_days() -> int:
     """MADOGUCHI_RETENTION_DAYS: the desk deletes log records older than this, daily (0: keeps all)."""
     value = os.environ.get("MADOGUCHI_RETENTION_DAYS", "").strip() or "0"
     if not value.isdigit():
-        raise StoreError(f"MADOGUCHI_RETENTION_DAYS must be a number of days, got {value!r}")
+        raise ConfigError(f"MADOGUCHI_RETENTION_DAYS must be a number of days, got {value!r}")
     return int(value)
+
+
+def rate_limit() -> float:
+    """MADOGUCHI_RATE_LIMIT: POST requests a second per client address (default 50; 0: off)."""
+    value = os.environ.get("MADOGUCHI_RATE_LIMIT", "").strip() or "50"
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1
+    if not rate >= 0:
+        raise ConfigError(f"MADOGUCHI_RATE_LIMIT must be a number of requests a second (0: off), got {value!r}")
+    return rate
 
 
 def replica() -> str:

@@ -27,3 +27,7 @@ class QueryError(MadoguchiError):
 class StoreError(MadoguchiError):
     """The log cannot be set up as configured (a bad database URL, a replica name already running).
     A database that is down, or has a newer schema, is not an error: the desk answers and waits."""
+
+
+class ConfigError(MadoguchiError):
+    """A setting (an environment variable or a flag) has a value the desk cannot use."""

@@ -26,14 +26,16 @@ def free_port() -> int:
 
 class DeskProcess:
     def __init__(self, index_dir: Path, data_dir: Path, *, corpus_dir: Path | None = None, timeout: float = 240,
-                 db: str = "", replica: str = "", staff: tuple[str, str] | None = None):
+                 db: str = "", replica: str = "", staff: tuple[str, str] | None = None, env: dict | None = None):
         """`staff`: (name, password) of a console account created before the desk starts."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = Path(data_dir)
+        extra_env = env
         env = {**os.environ, "MADOGUCHI_INDEX": str(index_dir), "PYTHONUNBUFFERED": "1"}
         for name in ("MADOGUCHI_DATA", "MADOGUCHI_DB", "MADOGUCHI_REPLICA"):  # the test decides, not the shell
             env.pop(name, None)
+        env.update(extra_env or {})
         if corpus_dir is not None:
             env["MADOGUCHI_CORPUS"] = str(corpus_dir)
         self.bank = Path(data_dir).with_name(Path(data_dir).name + "-bank.jsonl")  # console corrections: the test's

@@ -208,14 +208,21 @@ def test_wrong_json_types_are_a_clear_error_never_coerced(http, desk, api, data,
 
 # -- no account: no console ----------------------------------------------------------------------------
 
-def test_without_an_account_the_console_is_off_and_says_how_to_open_it(lean_index, tmp_path):
+def test_without_an_account_the_console_is_off_and_a_client_is_rate_limited(lean_index, tmp_path):
     from desk_process import DeskProcess
 
-    proc = DeskProcess(lean_index, tmp_path / "data")
+    proc = DeskProcess(lean_index, tmp_path / "data", env={"MADOGUCHI_RATE_LIMIT": "2"})  # bursts of 4
     try:
         r = httpx.get(proc.url + "/staff/", timeout=30)
         assert r.status_code == 503 and "python -m chatbot staff add" in r.text
         assert httpx.post(proc.url + "/staff/login", data={"username": "a", "password": "b"}).status_code == 503
         assert any("staff console is off" in line for line in proc.output)
+        with httpx.Client(base_url=proc.url, timeout=30) as http:
+            codes = [http.post("/gradio_api/run/search", json={"data": ["特許の相談", 5, ""]}) for _ in range(8)]
+            elsewhere = http.post("/gradio_api/run/search", json={"data": ["特許の相談", 5, ""]},
+                                  headers={"X-Forwarded-For": "198.51.100.7"})  # another visitor behind nginx
+        refused = [r for r in codes if r.status_code == 429]
+        assert refused and all(r.headers["retry-after"] == "1" for r in refused)
+        assert codes[0].status_code == 200 and elsewhere.status_code == 200
     finally:
         proc.stop()

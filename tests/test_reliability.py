@@ -201,7 +201,7 @@ def test_chat_renders_every_bad_input_as_text(client, desk, name):
         assert history == []  # nothing asked, nothing shown
         return
     user, answer = history[-2]["content"][0]["text"], history[-1]["content"][0]["text"]
-    assert user == render.esc(question) and audit(user) == []
+    assert user == render.esc(question[:1000]) and audit(user) == []  # as the desk took it: cut to the limit
     assert audit(answer) == [] and "<script" not in answer.lower()
     if "<" in question:
         assert question not in user + answer

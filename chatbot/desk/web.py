@@ -10,12 +10,14 @@ at /staff behind a login, and the rules every request meets on the way in.
 - Every reply carries CSP frame-ancestors 'none', X-Frame-Options DENY, nosniff and no referrer;
   CORS is answered for no other origin (FastAPI's CORSMiddleware with none allowed, which also
   keeps Gradio's own, which reflects localhost origins, out); uploads are refused (no component
-  takes a file) and a request body over MAX_BODY is refused with 413.
+  takes a file) and a request body over MAX_BODY is refused with 413; POSTs beyond the rate
+  limit of a client address get 429 with Retry-After.
 """
 
 from __future__ import annotations
 
 import html
+import time
 
 MAX_BODY = 64 * 1024  # bytes: a question is at most 1,000 characters
 HEADERS = [
@@ -27,8 +29,9 @@ HEADERS = [
 NO_UPLOADS = ("/gradio_api/upload",)  # under / and under /staff
 
 
-def create(visitor, console, accounts, *, theme: str, css: str):
-    """The ASGI app. `console` is the staff Blocks, or None when no account exists."""
+def create(visitor, console, accounts, *, theme: str, css: str, rate: float = 0):
+    """The ASGI app. `console` is the staff Blocks, or None when no account exists; `rate`: POST
+    requests a second per client address (0: no limit)."""
     import fastapi
     import gradio as gr
     from fastapi.middleware.cors import CORSMiddleware
@@ -64,7 +67,7 @@ def create(visitor, console, accounts, *, theme: str, css: str):
     for route in root.routes:  # an API name the app does not have is a 404, not a 500 with a traceback
         if isinstance(route, Mount):
             route.app.add_exception_handler(FnIndexInferError, _no_such_endpoint)
-    return Guard(root)
+    return Guard(root, rate)
 
 
 async def _no_such_endpoint(request, exc):
@@ -81,12 +84,46 @@ CONSOLE_OFF = f"""<!doctype html><html lang="ja"><meta charset="utf-8"><title>�
 <p><a href="/">相談窓口へ戻る</a></p></body></html>"""
 
 
+class RateLimit:
+    """A token bucket per client address: `rate` requests a second, bursts of twice that. The
+    address is the peer's, or, when the peer is this machine (nginx in front), the last one nginx
+    added to X-Forwarded-For. Buckets of clients idle for a minute are forgotten."""
+
+    def __init__(self, rate: float):
+        self.rate, self.burst = rate, 2 * rate
+        self.buckets: dict[str, tuple[float, float]] = {}  # address → (tokens, last time)
+
+    def allow(self, scope) -> bool:
+        now = time.monotonic()
+        address = _client(scope)
+        tokens, last = self.buckets.get(address, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self.buckets) > 10_000:  # many addresses: drop the idle ones
+            self.buckets = {a: b for a, b in self.buckets.items() if now - b[1] < 60}
+        if tokens < 1:
+            self.buckets[address] = (tokens, now)
+            return False
+        self.buckets[address] = (tokens - 1, now)
+        return True
+
+
+def _client(scope) -> str:
+    peer = (scope.get("client") or ("", 0))[0]
+    if peer in ("127.0.0.1", "::1"):
+        forwarded = dict(scope.get("headers") or []).get(b"x-forwarded-for", b"").decode("latin-1")
+        if forwarded.strip():
+            return forwarded.split(",")[-1].strip()
+    return peer
+
+
 class Guard:
     """ASGI middleware: security headers and SameSite=Strict cookies on every reply, no uploads,
-    bounded request bodies."""
+    bounded request bodies, and a request rate per client on what runs the engine or a login
+    (POSTs: the API, the queue, /staff/login)."""
 
-    def __init__(self, app):
+    def __init__(self, app, rate: float = 0):
         self.app = app
+        self.limit = RateLimit(rate) if rate > 0 else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -94,6 +131,9 @@ class Guard:
         path = scope.get("path", "")
         if path.rstrip("/").endswith(NO_UPLOADS):
             return await _refuse(send, 403, "uploads are off: the desk takes no files")
+        if self.limit and scope.get("method") == "POST" and not self.limit.allow(scope):
+            return await _refuse(send, 429, "too many requests from this address; try again in a second",
+                                 [(b"retry-after", b"1")])
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
             return await _refuse(send, 413, f"request body over {MAX_BODY} bytes")
@@ -136,9 +176,9 @@ def _strict(cookie: bytes) -> bytes:
     return b";".join(parts) + b"; SameSite=Strict"
 
 
-async def _refuse(send, status: int, reason: str) -> None:
+async def _refuse(send, status: int, reason: str, extra: list | None = None) -> None:
     body = ('{"error": "%s"}' % reason).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *HEADERS]})
+                            *HEADERS, *(extra or [])]})
     await send({"type": "http.response.body", "body": body})
