@@ -137,15 +137,13 @@ def main(argv=None) -> None:
 
 def prune_daily(log, days: int, server) -> None:
     """The retention period (MADOGUCHI_RETENTION_DAYS): at start, then once a day."""
-    from chatbot import store
-
     while not server.should_exit:
         try:
             gone = log.prune(days)
             if any(gone.values()):
                 print(f"madoguchi: deleted log records older than {days} days: {gone}", flush=True)
-        except store.Unavailable as e:
-            print(f"madoguchi: WARNING: could not prune the log: {e}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - the database away, or anything else: say so, try tomorrow
+            print(f"madoguchi: WARNING: could not prune the log: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         for _ in range(24 * 3600):
             if server.should_exit:
                 return

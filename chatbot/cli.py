@@ -469,7 +469,7 @@ def _days(age: str | None) -> int:
     """'90d' → 90, '12w' → 84."""
     from chatbot.errors import StoreError
 
-    m = re.fullmatch(r"(\d+)([dw])", (age or "").strip())
+    m = re.fullmatch(r"([0-9]{1,5})([dw])", (age or "").strip())
     if not m:
         raise StoreError(f"--older-than wants an age such as 90d or 12w, got {age!r}")
     return int(m.group(1)) * (7 if m.group(2) == "w" else 1)

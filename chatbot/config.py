@@ -13,6 +13,7 @@ MADOGUCHI_BANK    the question bank (JSONL)        default: <corpus>/bank.jsonl
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from chatbot.errors import ConfigError
@@ -44,7 +45,7 @@ def db_url() -> str:
 def retention_days() -> int:
     """MADOGUCHI_RETENTION_DAYS: the desk deletes log records older than this, daily (0: keeps all)."""
     value = os.environ.get("MADOGUCHI_RETENTION_DAYS", "").strip() or "0"
-    if not value.isdigit():
+    if not re.fullmatch(r"[0-9]{1,5}", value):  # up to 99,999 days; "²".isdigit() is True
         raise ConfigError(f"MADOGUCHI_RETENTION_DAYS must be a number of days, got {value!r}")
     return int(value)
 

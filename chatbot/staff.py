@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import re
+import threading
 from datetime import datetime, timedelta, timezone
 
 from chatbot.errors import MadoguchiError
@@ -53,6 +54,7 @@ class Accounts:
     def __init__(self, backend):
         self.backend = backend
         self._sql = lambda statement: statement.replace("?", backend.mark)
+        self._lock = threading.Lock()
 
     def add(self, name: str, password: str) -> None:
         """Create the account, or set a new password (which also unlocks it)."""
@@ -78,24 +80,29 @@ class Accounts:
         return bool(self._run("SELECT name FROM staff_accounts LIMIT 1"))
 
     def login(self, name: str, password: str) -> bool:
-        """True for the right password of an unlocked account. Never says which part was wrong."""
-        rows = self._run("SELECT hash, failures, locked_until FROM staff_accounts WHERE name = ?", (name,))
-        if not rows:
-            check_password(password, hash_password("-" * MIN_PASSWORD))  # the same time as a real check
-            return False
-        stored, failures, locked_until = rows[0]
-        if _locked(locked_until):
-            return False
-        if check_password(password, stored):
-            if failures:
+        """True for the right password of an unlocked account. Never says which part was wrong,
+        not even by time: every attempt costs one scrypt check. One login at a time per desk, and
+        the failure count is raised in the database (+1), so a burst of guesses cannot outrun it."""
+        with self._lock:
+            rows = self._run("SELECT hash, locked_until FROM staff_accounts WHERE name = ?", (name,))
+            stored, locked_until = rows[0] if rows else (_DUMMY, None)
+            right = check_password(password, stored)
+            if not rows or _locked(locked_until):
+                return False
+            if right:
                 self._run("UPDATE staff_accounts SET failures = 0, locked_until = NULL WHERE name = ?", (name,))
-            return True
-        failures += 1
-        until = (_now() + timedelta(minutes=LOCK_MINUTES)).isoformat(timespec="seconds") \
-            if failures >= MAX_FAILURES else None
-        self._run("UPDATE staff_accounts SET failures = ?, locked_until = ? WHERE name = ?",
-                  (0 if until else failures, until, name))
-        return False
+                return True
+            self._run("UPDATE staff_accounts SET failures = failures + 1 WHERE name = ?", (name,))
+            failures = self._run("SELECT failures FROM staff_accounts WHERE name = ?", (name,))
+            if failures and failures[0][0] >= MAX_FAILURES:
+                until = (_now() + timedelta(minutes=LOCK_MINUTES)).isoformat(timespec="seconds")
+                self._run("UPDATE staff_accounts SET failures = 0, locked_until = ? WHERE name = ?", (until, name))
+            return False
+
+    def valid(self, name: str) -> bool:
+        """Does the account still exist, unlocked? (A removed or locked account's session ends.)"""
+        rows = self._run("SELECT locked_until FROM staff_accounts WHERE name = ?", (name,))
+        return bool(rows) and not _locked(rows[0][0])
 
     def _run(self, statement: str, params: tuple = ()) -> list[tuple]:
         return self.backend.execute(self._sql(statement), params)
@@ -107,3 +114,6 @@ def _now() -> datetime:
 
 def _locked(until: str | None) -> bool:
     return bool(until) and datetime.fromisoformat(until) > _now()
+
+
+_DUMMY = hash_password("-" * MIN_PASSWORD)  # checked for an unknown name: the same time as a real one

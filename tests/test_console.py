@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from chatbot import staff
+from chatbot.desk import web
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -145,6 +147,18 @@ def test_wrong_passwords_lock_the_account_and_a_new_password_unlocks_it(desk):
     assert staff_cli(desk, "remove", name).returncode == 0
 
 
+def test_removing_an_account_ends_its_sessions(desk):
+    name, password = f"gone{uuid.uuid4().hex[:6]}", "a-long-password-2"
+    assert staff_cli(desk, "add", name, "--password-stdin", password=password).returncode == 0
+    with httpx.Client(base_url=desk.url, timeout=30) as http:
+        assert login(http, name, password).status_code == 200
+        assert http.get("/staff/config").status_code == 200
+        assert staff_cli(desk, "remove", name).returncode == 0
+        time.sleep(web.Sessions.RECHECK + 0.2)
+        assert http.get("/staff/config").status_code == 401  # not only after a restart
+        assert call(http, "/staff", "staff_stats", [])[0] == "http 401"
+
+
 def test_passwords_are_stored_only_as_scrypt_hashes(desk):
     from logdb import query
 
@@ -157,8 +171,19 @@ def test_passwords_are_stored_only_as_scrypt_hashes(desk):
 
 def test_uploads_are_refused(http):
     for prefix in ("", "/staff"):
-        r = http.post(f"{prefix}/gradio_api/upload", files={"files": ("a.txt", b"x" * 2000, "text/plain")})
-        assert r.status_code == 403, prefix
+        for route in ("upload", "process_recording"):
+            r = http.post(f"{prefix}/gradio_api/{route}", files={"files": ("a.txt", b"x" * 2000, "text/plain")})
+            assert r.status_code == 403, (prefix, route)
+
+
+def test_a_chunked_body_is_refused_before_it_is_read(http):
+    def chunks():
+        yield b'{"data": ["'
+        yield "特".encode() * 30_000
+        yield b'", 5, ""]}'
+
+    r = http.post("/gradio_api/call/search", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 411
 
 
 @pytest.mark.parametrize("path", ["/", "/staff/", "/gradio_api/info", "/config"])

@@ -11,7 +11,7 @@ import threading
 import time
 
 from chatbot import search as search_mod
-from chatbot import staff, text
+from chatbot import privacy, staff, text
 from chatbot.errors import QueryError
 
 
@@ -114,7 +114,8 @@ class Desk:
         if path is None:
             return "⚠️ 質問バンクが設定されていません（MADOGUCHI_BANK）。"
         try:
-            done = bank.add(path, [{"key": key, "question": question}], set(self.programmes), source="console", by=staff)
+            done = bank.add(path, [{"key": key, "question": privacy.mask(question)}], set(self.programmes),
+                            source="console", by=staff)  # the bank is kept for good: no personal data in it
         except (bank.BankError, OSError) as e:
             return f"⚠️ 登録できませんでした: {e}"
         self.feedback("staff", question, key, True, staff=staff)

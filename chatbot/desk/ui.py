@@ -182,7 +182,8 @@ def _visitor_tab(desk) -> None:
     chat.clear(reset, session, [*answer_outputs, thanks], **private)  # the chat's own 🗑 button
 
     def vote(data: gr.LikeData, state):
-        turn = state["turns"].get(data.index if isinstance(data.index, int) else data.index[0])
+        index = data.index[0] if isinstance(data.index, (list, tuple)) and data.index else data.index
+        turn = state["turns"].get(index) if isinstance(index, int) else None
         if turn is None or not isinstance(data.liked, bool):
             return ""  # a retracted vote, or a message that answered nothing
         desk.feedback("visitor", turn["question"], turn["key"], data.liked)

@@ -64,10 +64,46 @@ def create(visitor, console, accounts, *, theme: str, css: str, rate: float = 0)
     from gradio.route_utils import FnIndexInferError
     from starlette.routing import Mount
 
+    sessions = None
     for route in root.routes:  # an API name the app does not have is a 404, not a 500 with a traceback
         if isinstance(route, Mount):
             route.app.add_exception_handler(FnIndexInferError, _no_such_endpoint)
-    return Guard(root, rate)
+            if route.path == "/staff":
+                sessions = Sessions(route.app, accounts)
+    return Guard(root, rate, sessions)
+
+
+class Sessions:
+    """Gradio keeps each login's token in memory, with no end: a removed or locked account
+    would stay logged in until the desk restarts. Each console request checks its user's account
+    again (at most every RECHECK seconds per user) and drops the tokens of one that is gone."""
+
+    RECHECK = 1.0  # seconds
+
+    def __init__(self, app, accounts):
+        self.app, self.accounts = app, accounts
+        self.checked: dict[str, float] = {}
+
+    def allow(self, scope) -> bool:
+        cookies = dict(scope.get("headers") or []).get(b"cookie", b"").decode("latin-1")
+        tokens = [v for k, v in (p.strip().split("=", 1) for p in cookies.split(";") if "=" in p)
+                  if k.startswith("access-token")]
+        users = {self.app.tokens[t] for t in tokens if t in self.app.tokens}
+        now = time.monotonic()
+        for user in users:
+            if now - self.checked.get(user, -self.RECHECK) < self.RECHECK:
+                continue
+            try:
+                valid = self.accounts.valid(user)
+            except Exception:  # noqa: BLE001 - the database away: who logged in stays in
+                valid = True
+            if not valid:
+                for token in [t for t, u in self.app.tokens.items() if u == user]:
+                    del self.app.tokens[token]
+                self.checked.pop(user, None)
+                return False
+            self.checked[user] = now
+        return True
 
 
 async def _no_such_endpoint(request, exc):
@@ -121,9 +157,10 @@ class Guard:
     bounded request bodies, and a request rate per client on what runs the engine or a login
     (POSTs: the API, the queue, /staff/login)."""
 
-    def __init__(self, app, rate: float = 0):
+    def __init__(self, app, rate: float = 0, sessions: Sessions | None = None):
         self.app = app
         self.limit = RateLimit(rate) if rate > 0 else None
+        self.sessions = sessions
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -134,9 +171,16 @@ class Guard:
         if self.limit and scope.get("method") == "POST" and not self.limit.allow(scope):
             return await _refuse(send, 429, "too many requests from this address; try again in a second",
                                  [(b"retry-after", b"1")])
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
             return await _refuse(send, 413, f"request body over {MAX_BODY} bytes")
+        if scope.get("method") == "POST" and length is None:  # a chunked body: its size is known too late
+            return await _refuse(send, 411, "a POST needs a Content-Length")
+        if headers.get(b"content-type", b"").startswith(b"multipart/") and not path.endswith("/login"):
+            return await _refuse(send, 403, "uploads are off: the desk takes no files")  # process_recording too
+        if self.sessions and path.startswith("/staff/") and not self.sessions.allow(scope):
+            return await _refuse(send, 401, "the account of this login was removed or locked")
         seen = 0
 
         async def bounded_receive():
