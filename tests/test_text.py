@@ -92,3 +92,27 @@ def test_reading_keys_fold_voicing_small_kana_and_long_vowels():
     assert key("デザイナー") == key("デサイナ") == key("テサイナー")
     assert key("補助金") == key("ほじょきん") == "ホシヨキン"
     assert key("IPAS") == ""
+
+
+# -- what the log keeps (chatbot/privacy.py) ---------------------------------------------------------
+
+@pytest.mark.parametrize("typed, kept", [
+    ("連絡先は090-1234-5678です", "連絡先は〔電話〕です"),
+    ("０３－１２３４－５６７８まで", "〔電話〕まで"),  # full width
+    ("+81(0)90-1234-5678", "〔電話〕"),
+    ("+819012345678", "〔電話〕"),
+    ("03(1234)5678 か 090.1234.5678", "〔電話〕 か 〔電話〕"),
+    ("taro.yamada@example.co.jp まで", "〔メール〕 まで"),
+    ("〒100-8915 東京都", "〔郵便番号〕 東京都"),
+    ("〒1000013", "〔郵便番号〕"),
+    ("マイナンバーは1234 5678 9012", "マイナンバーは〔個人番号〕"),
+    # numbers that are not a person's: amounts, ranges, years, application and patent numbers
+    ("500-1000円の手数料", "500-1000円の手数料"),
+    ("2021 2022 2023年の件数", "2021 2022 2023年の件数"),
+    ("特願2023-123456 と 特許第7123456号", "特願2023-123456 と 特許第7123456号"),
+    ("IPASの1.(1)について", "IPASの1.(1)について"),
+])
+def test_personal_data_is_masked_and_other_numbers_are_not(typed, kept):
+    from chatbot.privacy import mask
+
+    assert mask(typed) == kept
