@@ -209,22 +209,20 @@ class Loaded:
     vectors: np.ndarray  # (n, dim), L2-normalised
     stamp: tuple  # the bank file's (mtime_ns, size) when read, to notice changes
 
-    def best(self, vector: np.ndarray, n_programmes: int) -> np.ndarray:
-        """Per programme, the cosine of its nearest bank question (-1 without any)."""
-        out = np.full(n_programmes, -1.0, dtype=np.float64)
-        if len(self.entries):
-            np.maximum.at(out, self.slots, (self.vectors @ vector).astype(np.float64))
-        return out
+    def __post_init__(self):
+        self.staff = np.array([e.source != "corpus" for e in self.entries], dtype=bool)  # the bank file's
 
-    def relabelled(self, vector: np.ndarray, n_programmes: int, same: float) -> np.ndarray:
-        """Per programme, whether a question of the bank file (not a corpus ask) is `vector`'s
-        question asked again (cosine >= same): a label staff gave to this very question."""
-        out = np.zeros(n_programmes, dtype=bool)
-        staff = np.array([e.source != "corpus" for e in self.entries], dtype=bool)
-        if staff.any():
-            hit = staff & (self.vectors @ vector >= same)
-            out[self.slots[hit]] = True
-        return out
+    def nearest(self, vector: np.ndarray, n_programmes: int, same: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per programme, the cosine of its nearest bank question (-1 without any), and whether a
+        question of the bank file (not a corpus ask) is `vector`'s question asked again (cosine
+        >= same): a label staff gave to this very question."""
+        best = np.full(n_programmes, -1.0, dtype=np.float64)
+        relabelled = np.zeros(n_programmes, dtype=bool)
+        if len(self.entries):
+            sims = (self.vectors @ vector).astype(np.float64)
+            np.maximum.at(best, self.slots, sims)
+            relabelled[self.slots[self.staff & (sims >= same)]] = True
+        return best, relabelled
 
 
 def stamp(path: Path | None) -> tuple:

@@ -198,6 +198,7 @@ class Searcher:
                 df[t] = df.get(t, 0) + 1
         self.idf = {t: math.log((self._all + 1) / (n + 0.5)) for t, n in df.items()}
         self.idf_unknown = math.log((self._all + 1) / 0.5)
+        self.generic_idf = math.log((self._all + 1) / (GENERIC_SHARE * self._all + 0.5))  # see _names_topic
         self.use_bank, self.bank_file = use_bank, Path(bank_file) if bank_file else None
         if bank_cache is None and self.bank_file is not None:
             bank_cache = config.bank_cache(index.model_id)
@@ -289,11 +290,11 @@ class Searcher:
         fused = _per_programme(fused_p, self.owner, len(self.keys), floor=-np.inf)
         _, best = _per_programme(np.where(self.shown, fused_p, -np.inf), self.owner, len(self.keys),
                                  floor=-np.inf, argmax=True)
-        near = self.bank.best(vector, len(self.keys))
+        near, relabelled = self.bank.nearest(vector, len(self.keys), SAME_QUESTION)
         if method == "hybrid" and self.settings.bank_weight:
             fused = fused + self.settings.bank_weight * _bank_score(near, self.settings.bank_floor)
         if method == "hybrid":  # a question staff labelled, asked again: their label comes first
-            fused = fused + self.bank.relabelled(vector, len(self.keys), SAME_QUESTION)
+            fused = fused + relabelled
         covered = self._covered(terms, lexical_p)
         features = self._features(clean, dense, lexical_p, covered, vector, exclude, float(near.max()))
         return Ranking(self.keys, fused, dense, lexical, near, best, features, covered, terms)
@@ -335,8 +336,7 @@ class Searcher:
         """Does the question name something of its own? Terms found in at least GENERIC_SHARE
         of the passages (大学, 対象, 中小企業) and terms the corpus lacks do not: 「大学でも対象
         になりますか」 in a conversation asks about the programme under discussion."""
-        generic = math.log((self._all + 1) / (GENERIC_SHARE * self._all + 0.5))
-        return any(self.idf.get(t, 0.0) > generic for t in terms if t in self.idf)
+        return any(self.idf[t] > self.generic_idf for t in terms if t in self.idf)
 
     def _covered(self, terms: list[str], lexical_p: np.ndarray) -> float:
         """The share of the question's information (IDF-weighted terms) that the best BM25

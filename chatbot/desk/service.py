@@ -39,15 +39,14 @@ class Desk:
     def ask(self, question: str, *, top_k: int = 5, context: str = "", audience: str = "",
             channel: str = "visitor") -> tuple[dict, float]:
         """(Answer.to_json(), milliseconds). Raises QueryError for a bad context or top_k."""
-        answer, elapsed = self._search(question, top_k=top_k, context=context, audience=audience, channel=channel)
-        return answer.to_json(), elapsed
+        _, out, elapsed = self._search(question, top_k=top_k, context=context, audience=audience, channel=channel)
+        return out, elapsed
 
     def staff_search(self, question: str, top_k: int = 10) -> tuple[dict, list[dict], float]:
         """The console's search: the answer, and the first `top_k` programmes with their scores
         also when it abstains, from one ranking."""
-        answer, elapsed = self._search(question, top_k=top_k, channel="staff")
-        rows = [r.to_json() for r in self.searcher.ranked(answer, top_k)]
-        return answer.to_json(), rows, elapsed
+        answer, out, elapsed = self._search(question, top_k=top_k, channel="staff")
+        return out, [r.to_json() for r in self.searcher.ranked(answer, top_k)], elapsed
 
     def api_search(self, question: str, top_k: int = 5, context: str = "") -> dict:
         """The pinned /search endpoint: exactly `python -m chatbot ask --json`. Arguments of the
@@ -71,18 +70,18 @@ class Desk:
         with self._lock:
             answer = self.searcher.search(question, top_k=top_k, context=context or None, audience=audience or None)
         elapsed = (time.perf_counter() - started) * 1000
+        out = answer.to_json()
         if not answer.message:  # empty or over-long input is not a question to count
-            self.store.log_question(channel, question, answer.to_json(), context=context, audience=audience,
+            self.store.log_question(channel, question, out, context=context, audience=audience,
                                     elapsed_ms=round(elapsed, 1))
-        return answer, elapsed
+        return answer, out, elapsed
 
     # -- votes and corrections -------------------------------------------------------------------
 
     def feedback(self, channel: str, question, key="", helpful=True, staff: str = "") -> dict:
         """A 👍/👎 on the answer to `question` about programme `key` ("" = the answer found
         nothing), from the chat, the console or the API alike. `recorded` is the log's
-        acknowledgement (see chatbot.store.log for what it guarantees); `warnings` what staff
-        should know about the log (a spool that cannot be written, a database away)."""
+        acknowledgement (see chatbot.store.log for what it guarantees); `error` says why not."""
         out = {"question": question if isinstance(question, str) else "", "key": key if isinstance(key, str) else "",
                "helpful": helpful, "recorded": False}
         if not isinstance(question, str) or not isinstance(key or "", str):

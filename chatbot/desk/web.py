@@ -10,7 +10,8 @@ at /staff behind a login, and the rules every request meets on the way in.
 - Every reply carries CSP frame-ancestors 'none', X-Frame-Options DENY, nosniff and no referrer;
   CORS is answered for no other origin (FastAPI's CORSMiddleware with none allowed, which also
   keeps Gradio's own, which reflects localhost origins, out); uploads are refused (no component
-  takes a file) and a request body over MAX_BODY is refused with 413; POSTs beyond the rate
+  takes a file), a request body over MAX_BODY is refused with 413 and one of unknown length with
+  411; POSTs beyond the rate
   limit of a client address get 429 with Retry-After.
 """
 
@@ -84,8 +85,8 @@ class Sessions:
         self.app, self.accounts = app, accounts
         self.checked: dict[str, float] = {}
 
-    def allow(self, scope) -> bool:
-        cookies = dict(scope.get("headers") or []).get(b"cookie", b"").decode("latin-1")
+    def allow(self, headers: dict) -> bool:
+        cookies = headers.get(b"cookie", b"").decode("latin-1")
         tokens = [v for k, v in (p.strip().split("=", 1) for p in cookies.split(";") if "=" in p)
                   if k.startswith("access-token")]
         users = {self.app.tokens[t] for t in tokens if t in self.app.tokens}
@@ -129,9 +130,8 @@ class RateLimit:
         self.rate, self.burst = rate, 2 * rate
         self.buckets: dict[str, tuple[float, float]] = {}  # address → (tokens, last time)
 
-    def allow(self, scope) -> bool:
+    def allow(self, address: str) -> bool:
         now = time.monotonic()
-        address = _client(scope)
         tokens, last = self.buckets.get(address, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if len(self.buckets) > 10_000:  # many addresses: drop the idle ones
@@ -143,10 +143,10 @@ class RateLimit:
         return True
 
 
-def _client(scope) -> str:
+def _client(scope, headers: dict) -> str:
     peer = (scope.get("client") or ("", 0))[0]
     if peer in ("127.0.0.1", "::1"):
-        forwarded = dict(scope.get("headers") or []).get(b"x-forwarded-for", b"").decode("latin-1")
+        forwarded = headers.get(b"x-forwarded-for", b"").decode("latin-1")
         if forwarded.strip():
             return forwarded.split(",")[-1].strip()
     return peer
@@ -165,49 +165,31 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        if path.rstrip("/").endswith(NO_UPLOADS):
+        path, method = scope.get("path", ""), scope.get("method")
+        headers = dict(scope.get("headers") or [])
+        multipart = headers.get(b"content-type", b"").startswith(b"multipart/") and not path.endswith("/login")
+        if multipart or path.rstrip("/").endswith(NO_UPLOADS):  # /upload, /process_recording, any file
             return await _refuse(send, 403, "uploads are off: the desk takes no files")
-        if self.limit and scope.get("method") == "POST" and not self.limit.allow(scope):
+        if self.limit and method == "POST" and not self.limit.allow(_client(scope, headers)):
             return await _refuse(send, 429, "too many requests from this address; try again in a second",
                                  [(b"retry-after", b"1")])
-        headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
             return await _refuse(send, 413, f"request body over {MAX_BODY} bytes")
-        if scope.get("method") == "POST" and length is None:  # a chunked body: its size is known too late
-            return await _refuse(send, 411, "a POST needs a Content-Length")
-        if headers.get(b"content-type", b"").startswith(b"multipart/") and not path.endswith("/login"):
-            return await _refuse(send, 403, "uploads are off: the desk takes no files")  # process_recording too
-        if self.sessions and path.startswith("/staff/") and not self.sessions.allow(scope):
+        # A chunked body's size is known only once read (uvicorn holds a declared length to its word).
+        if length is None and (method == "POST" or b"transfer-encoding" in headers):
+            return await _refuse(send, 411, "a request with a body needs a Content-Length")
+        if self.sessions and path.startswith("/staff/") and not self.sessions.allow(headers):
             return await _refuse(send, 401, "the account of this login was removed or locked")
-        seen = 0
-
-        async def bounded_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > MAX_BODY:  # a chunked body without a length
-                    raise BodyTooLarge
-            return message
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                headers = [(k, _strict(v) if k.lower() == b"set-cookie" else v)
-                           for k, v in message.get("headers", []) if k.lower() not in _OURS]
-                message = {**message, "headers": headers + HEADERS}
+                extra = [(k, _strict(v) if k.lower() == b"set-cookie" else v)
+                         for k, v in message.get("headers", []) if k.lower() not in _OURS]
+                message = {**message, "headers": extra + HEADERS}
             await send(message)
 
-        try:
-            await self.app(scope, bounded_receive, send_with_headers)
-        except BodyTooLarge:
-            await _refuse(send, 413, f"request body over {MAX_BODY} bytes")
-
-
-
-class BodyTooLarge(Exception):
-    pass
+        await self.app(scope, receive, send_with_headers)
 
 
 _OURS = {name for name, _ in HEADERS}
