@@ -1,8 +1,10 @@
-"""The desk: `python app.py [--host 127.0.0.1] [--port 7860] [--data-dir DIR] [--db URL] [--replica NAME]`.
+"""The desk: `python app.py [--host 127.0.0.1] [--port 7860] [--workers N] …` (`--help` lists all;
+each flag also has an environment variable, chatbot/config.py).
 
 Loads the index (building it first, with progress on the console, when it is missing or stale),
-then serves the visitor chat with the /search and /feedback APIs at /, and the staff console at
-/staff behind a login (chatbot/desk/web.py; accounts: `python -m chatbot staff add NAME`). The start
+then serves the visitor chat with the pinned Gradio /search and /feedback at /, the JSON API at
+/api (docs at /api/docs), and the staff console at /staff behind a login (chatbot/desk/web.py;
+accounts: `python -m chatbot staff add NAME`). The start
 path stays lean: the ONNX encoder needs neither torch nor sentence-transformers; only a build
 imports them. Many desks can share one PostgreSQL log (--db): see README "Running many desks".
 """
@@ -23,51 +25,32 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["GRADIO_ANALYTICS_MAX_EVENTS"] = "100"
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-CONCURRENCY = 4  # events of one kind running at once; searches themselves take turns (service.Desk)
-QUEUE_SIZE = 64  # waiting events beyond this are refused rather than piling up
+CONCURRENCY = 4  # Gradio events of one kind at once; their searches share the Desk's workers
+QUEUE_SIZE = 64  # waiting Gradio events beyond this are refused rather than piling up
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python app.py", description="madoguchi 相談窓口 (the desk)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--data-dir", type=Path,
-                        help="the log's spool and SQLite file (default: $MADOGUCHI_DATA or ./data)")
-    parser.add_argument("--db", metavar="URL", help="the log's database: sqlite:///PATH or postgresql://USER@HOST/DB "
-                        "(default: $MADOGUCHI_DB, else SQLite in the data directory)")
-    parser.add_argument("--replica", metavar="NAME", help="this desk's name in a shared log "
-                        "(default: $MADOGUCHI_REPLICA, else <hostname>-<port>)")
-    return parser.parse_args(argv)
+    """Every setting, resolved (flag, else environment, else default: chatbot/config.py)."""
+    from chatbot import config
+
+    parser = argparse.ArgumentParser(prog="python app.py", parents=[config.parser(desk=True)],
+                                     description="madoguchi 相談窓口 (the desk)")
+    config.use(parser.parse_args(argv))
+    return argparse.Namespace(**{s.name: config.get(s.name) for s in config.SETTINGS})
 
 
-def open_searcher():
-    """The search engine over the current index; builds the index first if it must."""
-    from chatbot import config, embed, index, search
-    from chatbot.errors import IndexStateError
-
-    encoder = embed.load_encoder(config.model_name())
-    try:
-        built = index.load(config.index_dir(), corpus_dir=config.corpus_dir(), model_id=encoder.model_id)
-    except IndexStateError as e:
-        print(f"madoguchi: {e}\nmadoguchi: building the index in {config.index_dir()} (about half a minute)…",
-              file=sys.stderr, flush=True)
-        builder = embed.load_encoder(config.model_name(), runtime="sentence-transformers")
-        # reuse_current: a desk started alongside may have built it while this one waited for the lock
-        built = index.build(config.corpus_dir(), config.index_dir(), builder, progress=True, reuse_current=True)
-    return search.Searcher(built, encoder, bank_file=config.bank_file())
-
-
-def create_app(data_dir: Path | None = None, db: str | None = None, replica: str | None = None,
-               port: int | None = None):
+def create_app(settings: argparse.Namespace):
     """(visitor Blocks, staff Blocks or None when no staff account exists, Desk): everything but
-    the server. The replica name defaults to $MADOGUCHI_REPLICA, else <hostname>-<port>."""
-    from chatbot import config, corpus, store
+    the server."""
+    from chatbot import config, corpus, search, store
     from chatbot.desk import service, ui
 
-    log = store.open_store(config.db_url() if db is None else db, data_dir or config.data_dir(),
-                           replica or config.replica() or store.default_replica(port))
+    log = store.open_store(settings.db, settings.data_dir, settings.replica or store.default_replica(settings.port))
     try:
-        desk = service.Desk(open_searcher(), corpus.load(config.corpus_dir()), log)
+        # One ONNX thread per search: the desk runs `workers` of them at once (service.Pool).
+        searcher = search.open_searcher(build_if_stale=True, threads=1)
+        desk = service.Desk(searcher, corpus.load(config.corpus_dir()), log, workers=settings.workers,
+                            waiting=settings.queue)
         log.wait_ready(5)  # the schema (and its staff_accounts table) is migrated by the log's writer
         try:
             console = ui.build_staff(desk) if desk.accounts.any() else None
@@ -84,20 +67,18 @@ def main(argv=None) -> None:
 
     import uvicorn
 
-    from chatbot import config
     from chatbot.desk import web
     from chatbot.errors import MadoguchiError
 
     started = time.perf_counter()
-    args = parse_args(argv)
     os.umask(0o077)  # the log, spool and bank hold what visitors typed: files 0600, folders 0700
-    if args.host not in LOCAL_HOSTS:
-        print(f"madoguchi: WARNING: listening on {args.host}: anyone who can reach this machine can use the desk "
-              "(the staff console at /staff asks for a login). Use the default 127.0.0.1 unless that is intended.",
-              file=sys.stderr, flush=True)
     try:
-        retention, rate = config.retention_days(), config.rate_limit()
-        visitor, console, desk = create_app(args.data_dir, args.db, args.replica, args.port)
+        args = parse_args(argv)
+        if args.host not in LOCAL_HOSTS:
+            print(f"madoguchi: WARNING: listening on {args.host}: anyone who can reach this machine can use the "
+                  "desk (the staff console at /staff asks for a login). Use the default 127.0.0.1 unless that is "
+                  "intended.", file=sys.stderr, flush=True)
+        visitor, console, desk = create_app(args)
     except MadoguchiError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -113,7 +94,7 @@ def main(argv=None) -> None:
     for blocks in (visitor, console):
         if blocks is not None:
             blocks.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
-    app = web.create(visitor, console, desk.accounts, theme="default", css=_css(), rate=rate)
+    app = web.create(visitor, console, desk, theme="default", css=_css(), rate=args.rate_limit)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            access_log=False, server_header=False, timeout_graceful_shutdown=5))
 
@@ -125,11 +106,12 @@ def main(argv=None) -> None:
                   f"(log: {log.backend.label}; staff console: {'/staff' if console else 'off'})", flush=True)
 
     threading.Thread(target=announce, daemon=True).start()
-    if retention:
-        threading.Thread(target=prune_daily, args=(log, retention, server), daemon=True).start()
+    if args.retention_days:
+        threading.Thread(target=prune_daily, args=(log, args.retention_days, server), daemon=True).start()
     try:
         server.run()  # SIGTERM (systemd) and Ctrl-C end it gracefully
     finally:
+        desk.pool.close()
         log.close(5)  # what is not written by then stays in the spool for the next start
     if not server.started:
         sys.exit(1)  # the port was taken, say

@@ -1,34 +1,36 @@
-"""Load on the desk's pinned /search endpoint: throughput and latency under 1, 4 and 8 clients.
+"""Load on the desk over HTTP: the JSON API /api/search and the pinned Gradio /search, against the
+ceiling this machine allows, all measured in one run.
 
-Starts the desk itself on 127.0.0.1 (`python app.py --port <free> --data-dir <tmp>`, with
-MADOGUCHI_INDEX set to an index that is already built: default ./index, built first with
-`python -m chatbot build` when it has no CURRENT), waits for its "madoguchi: ready at" line,
-then at each concurrency level N runs N threads, each with its own gradio_client Client, that
-share a fixed number of requests (default 100 per level):
+1. The ceiling: one question's cost on one core, measured in a child process pinned to CPU 0
+   (`taskset -c 0`): the searcher as the desk runs it (one ONNX thread), search + JSON, questions
+   one after another. ceiling = CPUs ÷ that cost. The same child also measures the choice the
+   desk made (service.Pool): on all cores, one search at a time with ONNX on every core, versus
+   one one-thread search per core at once.
+2. The desk itself (`python app.py` on 127.0.0.1, a free port, a temporary data directory, no
+   rate limit), then, per level of N clients for D seconds each: N keep-alive connections, each
+   sending its next request as soon as the last is answered (a closed loop, as wrk does), from an
+   asyncio client in this process. Per level: requests/s and its ratio to the ceiling, latency
+   p50/p95/p99/max of the answered ones, 503s (refused when the desk's line is full) and the
+   slowest of them, other errors, connection errors, and the desk's RSS.
+3. With --browser (default when /usr/bin/chromium exists): during the 8-client API level, a
+   visitor asks in the chat in headless Chromium; the time from Enter to the answer on screen.
 
-    Client(url).predict(question, top_k, context, api_name="/search")
+Questions are the Japanese queries of eval/queries.jsonl in a shuffled round-robin. Only 127.0.0.1
+is contacted. Figures go to stdout and bench/results/http_load.json.
 
-Questions are the Japanese queries of eval/queries.jsonl, taken in a shuffled round-robin.
-Per level: wall time, throughput (req/s), latency p50/p95/max per request (client side,
-HTTP + Gradio queue + search), errors (exceptions, or an answer carrying "error"), the desk's
-CPU time per request, and the 1-minute load average (the clients share the machine with the
-desk, and so does any other work). The desk's RSS (VmRSS of its PID) is read before the
-first level and after each one. The desk is stopped
-by its PID at the end, also on failure. Only 127.0.0.1 is ever contacted.
-
-    python bench/http_load.py                          # levels 1,4,8; 100 requests each (~1-2 minutes)
-    python bench/http_load.py --levels 1,4,8,16 --requests 200
-    python bench/http_load.py --index-dir /path/to/index --json bench/results/http_load.json
+    python bench/http_load.py                        # API 1,8,50 clients, Gradio 1,8: ~2.5 minutes
+    python bench/http_load.py --seconds 5 --api-levels 8 --gradio-levels ""
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
-import queue
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,151 +43,297 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 QUERIES = REPO / "eval" / "queries.jsonl"
 DEFAULT_JSON = REPO / "bench" / "results" / "http_load.json"
+CHROMIUM = "/usr/bin/chromium"
 
 from desk_probe import DeskProcess, desk_env  # noqa: E402  (beside this script)
 
 
-def ensure_index(index_dir: Path, env: dict) -> dict:
-    """Build the index when index_dir has none; returns what was done."""
-    if (index_dir / "CURRENT").exists():
-        return {"built": False}
-    print(f"no index in {index_dir}: running python -m chatbot build", flush=True)
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "chatbot", "build"], cwd=REPO, env=env, check=True)
-    return {"built": True, "build_s": round(time.perf_counter() - t0, 1)}
+def questions(seed: int) -> list[str]:
+    found = [json.loads(line) for line in QUERIES.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = [q["query"] for q in found if not q.get("context")]
+    random.Random(seed).shuffle(out)
+    return out
 
 
-def run_level(url: str, clients: int, requests: int, questions: list[str], top_k: int) -> dict:
-    """`requests` calls to /search from `clients` threads, one gradio Client each."""
-    from gradio_client import Client
+# -- 1. the ceiling ------------------------------------------------------------------------------
 
-    work: queue.Queue[str] = queue.Queue()
-    for i in range(requests):
-        work.put(questions[i % len(questions)])
-    latencies: list[float] = []
-    errors: list[str] = []
-    abstained = [0]
-    lock = threading.Lock()
-    # Connect every client before the clock starts (Client() fetches the app's config).
-    made = [Client(url, verbose=False) for _ in range(clients)]
-    barrier = threading.Barrier(clients + 1)
 
-    def worker(client) -> None:
-        barrier.wait()
-        while True:
+def engine_cost(n: int, seed: int) -> dict:
+    """Run in the child (--engine-cost): per-question cost on the CPUs this process may use."""
+    sys.path.insert(0, str(REPO))
+    from concurrent.futures import ThreadPoolExecutor
+
+    from chatbot import search
+
+    asked = questions(seed)
+    one = search.open_searcher(threads=1)  # as the desk runs it
+
+    def answer(searcher, q):
+        return json.dumps(searcher.search(q).to_json(), ensure_ascii=False)
+
+    for q in asked[:20]:  # warm-up: first calls load lazy state
+        answer(one, q)
+    work = [asked[i % len(asked)] for i in range(n)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for q in work:
+        answer(one, q)
+    out = {"ms": round((time.perf_counter() - t0) * 1000 / n, 2),
+           "cpu_ms": round((time.process_time() - c0) * 1000 / n, 2), "questions": n}
+    cpus = len(os.sched_getaffinity(0))
+    if cpus > 1:  # the desk's choice, on every CPU: questions per second either way
+        pool = ThreadPoolExecutor(cpus)
+        t0 = time.perf_counter()
+        list(pool.map(lambda q: answer(one, q), work))
+        parallel = n / (time.perf_counter() - t0)
+        wide = search.open_searcher(threads=0)  # ONNX on every core, one question at a time
+        for q in asked[:20]:
+            answer(wide, q)
+        t0 = time.perf_counter()
+        for q in work:
+            answer(wide, q)
+        serial = n / (time.perf_counter() - t0)
+        out["choice"] = {"one_thread_sessions_in_parallel_qps": round(parallel, 1),
+                         "one_search_all_threads_qps": round(serial, 1), "cpus": cpus}
+    return out
+
+
+def measure_cost(args, env: dict, cpus: str | None) -> dict:
+    command = [sys.executable, __file__, "--engine-cost", str(args.cost_questions), "--seed", str(args.seed)]
+    if cpus is not None:
+        if not shutil.which("taskset"):
+            raise SystemExit("taskset (util-linux) is needed to measure the one-core cost")
+        command = ["taskset", "-c", cpus, *command]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the engine cost run failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- 2. the load client ---------------------------------------------------------------------------
+
+
+class Route:
+    """How to ask one question on one route, and whether the answer is one."""
+
+    def __init__(self, name: str, path: str, body):
+        self.name, self.path, self.body = name, path, body
+
+    def request(self, host: str, question: str) -> bytes:
+        payload = json.dumps(self.body(question), ensure_ascii=False).encode()
+        return (f"POST {self.path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+
+
+API = Route("api", "/api/search", lambda q: {"question": q, "top_k": 5})
+GRADIO = Route("gradio", "/gradio_api/run/search", lambda q: {"data": [q, 5, ""]})
+
+
+async def _exchange(reader, writer, raw: bytes) -> tuple[int, bytes]:
+    writer.write(raw)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+def _well_formed(route: Route, body: bytes) -> bool:
+    out = json.loads(body)
+    if route is GRADIO:
+        out = out.get("data", [None])[0]
+    return isinstance(out, dict) and "results" in out and "decision" in out and not out.get("error")
+
+
+async def _client(port: int, route: Route, asked: list[str], start: int, until: float, seen: dict) -> None:
+    host = f"127.0.0.1:{port}"
+    i, connection = start, None
+    while time.perf_counter() < until:
+        if connection is None:
             try:
-                question = work.get_nowait()
-            except queue.Empty:
-                return
-            t0 = time.perf_counter()
-            try:
-                out = client.predict(question, top_k, "", api_name="/search")
-                bad = f"answer error: {out['error']}" if isinstance(out, dict) and out.get("error") else (
-                    None if isinstance(out, dict) and "results" in out else f"unexpected answer: {str(out)[:200]}")
-            except Exception as e:  # noqa: BLE001 - every failure counts as an error, the run goes on
-                bad = f"{type(e).__name__}: {e}"[:300]
-            ms = (time.perf_counter() - t0) * 1000
-            with lock:
-                (errors.append(bad) if bad else latencies.append(ms))
-                abstained[0] += bool(not bad and out.get("abstained"))
-
-    threads = [threading.Thread(target=worker, args=(c,)) for c in made]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    for c in made:
+                connection = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+            except (OSError, asyncio.TimeoutError) as e:
+                seen["connection_errors"].append(type(e).__name__)
+                await asyncio.sleep(0.05)
+                continue
+        reader, writer = connection
+        raw = route.request(host, asked[i % len(asked)])
+        i += 1
+        t0 = time.perf_counter()
         try:
-            c.close()
-        except Exception:  # noqa: BLE001 - older clients have no close()
-            pass
-    lat = np.array(latencies) if latencies else np.array([np.nan])
-    return {"clients": clients, "requests": requests, "ok": len(latencies), "errors": len(errors),
-            "abstained": abstained[0],
-            "error_samples": sorted(set(errors))[:5], "wall_s": round(wall, 2),
-            "throughput_rps": round(len(latencies) / wall, 2),
-            "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
-            "max_ms": round(float(np.max(lat)), 1), "mean_ms": round(float(np.mean(lat)), 1)}
+            status, body = await asyncio.wait_for(_exchange(reader, writer, raw), 30)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
+            seen["connection_errors"].append(type(e).__name__)
+            writer.close()
+            connection = None
+            continue
+        ms = (time.perf_counter() - t0) * 1000
+        if status == 200 and _well_formed(route, body):
+            seen["ok"].append(ms)
+        elif status == 503:
+            seen["refused"].append(ms)
+        else:
+            seen["errors"].append(f"{status}: {body[:120]!r}")
+    if connection is not None:
+        connection[1].close()
 
 
-def table(levels: list[dict]) -> str:
-    head = f"{'clients':>7} {'requests':>8} {'ok':>5} {'errors':>6} {'wall s':>7} {'req/s':>7} " \
-           f"{'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'RSS MB':>8} {'CPU ms/req':>10} {'load':>5}"
+def run_level(port: int, route: Route, clients: int, seconds: float, asked: list[str]) -> dict:
+    seen: dict = {"ok": [], "refused": [], "errors": [], "connection_errors": []}
+
+    async def main():
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*(_client(port, route, asked, k * 37, until, seen) for k in range(clients)))
+
+    t0 = time.perf_counter()
+    asyncio.run(main())
+    wall = time.perf_counter() - t0
+    ok = np.array(seen["ok"]) if seen["ok"] else np.array([np.nan])
+    pct = {f"p{p}_ms": round(float(np.percentile(ok, p)), 1) for p in (50, 95, 99)}
+    return {"route": route.name, "clients": clients, "seconds": round(wall, 1), "ok": len(seen["ok"]),
+            "rps": round(len(seen["ok"]) / wall, 1), **pct, "max_ms": round(float(np.max(ok)), 1),
+            "refused_503": len(seen["refused"]),
+            "slowest_503_ms": round(max(seen["refused"]), 1) if seen["refused"] else None,
+            "errors": len(seen["errors"]), "error_samples": sorted(set(seen["errors"]))[:3],
+            "connection_errors": len(seen["connection_errors"]),
+            "over_1s": int(np.sum(ok > 1000)) if seen["ok"] else 0}
+
+
+# -- 3. the visitor in Chromium -------------------------------------------------------------------
+
+
+def chat_in_browser(url: str, asked: list[str], result: dict, ready: threading.Event, go: threading.Event) -> None:
+    """Open the chat (before the load), then, once `go` is set, ask and time each answer."""
+    from playwright.sync_api import sync_playwright
+
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
+            page = browser.new_page(locale="ja-JP")
+            page.set_default_timeout(20_000)
+            page.goto(url)
+            box = page.locator("#desk-question textarea")
+            box.wait_for()
+            ready.set()
+            go.wait(60)
+            answers, times = page.locator("#desk-chat .desk-lead"), []
+            for q in asked[:3]:
+                before = answers.count()
+                box.fill(q)
+                t0 = time.perf_counter()
+                box.press("Enter")
+                answers.nth(before).wait_for()
+                times.append(round(time.perf_counter() - t0, 2))
+            result["answer_s"] = times
+            browser.close()
+    except Exception as e:  # noqa: BLE001 - reported in the figures, the load run goes on
+        result["error"] = f"{type(e).__name__}: {e}"[:300]
+    finally:
+        ready.set()
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+
+def table(levels: list[dict], ceiling: float) -> str:
+    head = (f"{'route':>6} {'clients':>7} {'req/s':>7} {'×ceiling':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+            f"{'max ms':>7} {'503s':>5} {'503 max':>7} {'errors':>6} {'conn err':>8} {'RSS MB':>7}")
     lines = [head, "-" * len(head)]
     for r in levels:
-        lines.append(f"{r['clients']:>7} {r['requests']:>8} {r['ok']:>5} {r['errors']:>6} {r['wall_s']:>7.2f} "
-                     f"{r['throughput_rps']:>7.2f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['max_ms']:>8.1f} "
-                     f"{r['desk_rss_mb_after'] or float('nan'):>8.1f} "
-                     f"{r.get('desk_cpu_ms_per_request', float('nan')):>10.1f} {r['loadavg_1m_before']:>5.2f}")
+        slow503 = "-" if r["slowest_503_ms"] is None else f"{r['slowest_503_ms']:.0f}"
+        lines.append(f"{r['route']:>6} {r['clients']:>7} {r['rps']:>7.1f} {r['rps'] / ceiling:>8.2f} "
+                     f"{r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['max_ms']:>7.1f} "
+                     f"{r['refused_503']:>5} {slow503:>7} {r['errors']:>6} {r['connection_errors']:>8} "
+                     f"{r['rss_mb_after'] or float('nan'):>7.1f}")
     return "\n".join(lines)
+
+
+def levels_of(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--levels", default="1,4,8", help="concurrent clients per level")
-    parser.add_argument("--requests", type=int, default=100, help="requests per level (shared by its clients)")
-    parser.add_argument("--warmup", type=int, default=5, help="unmeasured requests before the first level")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--api-levels", default="1,8,50", help="concurrent clients on /api/search")
+    parser.add_argument("--gradio-levels", default="1,8", help="concurrent clients on the pinned Gradio /search")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each level")
+    parser.add_argument("--cost-questions", type=int, default=300, help="questions timed for the ceiling")
+    parser.add_argument("--browser", action=argparse.BooleanOptionalAction, default=Path(CHROMIUM).exists(),
+                        help="a visitor in Chromium during the 8-client API level")
     parser.add_argument("--index-dir", type=Path, default=Path(os.environ.get("MADOGUCHI_INDEX", REPO / "index")))
-    parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for the ready line")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--engine-cost", type=int, help=argparse.SUPPRESS)  # the child of measure_cost
     args = parser.parse_args(argv)
-    levels = [int(x) for x in args.levels.split(",")]
+    if args.engine_cost:
+        print(json.dumps(engine_cost(args.engine_cost, args.seed)))
+        return
+
     started = time.perf_counter()
-
-    questions = [json.loads(line)["query"] for line in QUERIES.read_text(encoding="utf-8").splitlines() if line.strip()]
-    random.Random(args.seed).shuffle(questions)
-
-    index_dir = args.index_dir.resolve()
-    env = desk_env(index_dir)  # the desk logs into the temporary --data-dir only
-    index_info = ensure_index(index_dir, env)
-
-    import gradio_client
-
+    env = desk_env(args.index_dir.resolve())
+    if not (args.index_dir / "CURRENT").exists():
+        print(f"no index in {args.index_dir}: running python -m chatbot build", flush=True)
+        subprocess.run([sys.executable, "-m", "chatbot", "build"], cwd=REPO, env=env, check=True)
+    cpus = len(os.sched_getaffinity(0))
+    print("measuring one question's cost on one core (taskset -c 0)…", flush=True)
+    cost = measure_cost(args, env, "0")
+    ceiling = cpus * 1000 / cost["ms"]
+    print(f"  {cost['ms']} ms a question on one core: ceiling {cpus} CPUs → {ceiling:.1f} questions/s", flush=True)
+    if cost.get("choice"):
+        c = cost["choice"]
+        print(f"  on {c['cpus']} CPUs: one-thread searches in parallel {c['one_thread_sessions_in_parallel_qps']} q/s, "
+              f"one search at a time on all threads {c['one_search_all_threads_qps']} q/s", flush=True)
+    asked = questions(args.seed)
+    api_levels, gradio_levels = levels_of(args.api_levels), levels_of(args.gradio_levels)
+    browser: dict = {}
     with tempfile.TemporaryDirectory(prefix="madoguchi-load-") as tmp:
-        desk = DeskProcess(["--data-dir", tmp], env, log=Path(tmp) / "desk.log", timeout=args.start_timeout)
-        results: dict = {}
+        desk = DeskProcess(["--data-dir", tmp], env, log=Path(tmp) / "desk.log", timeout=300)
+        out = []
         try:
             print(f"{desk.ready_line}  (pid {desk.proc.pid}, {desk.start_s} s)", flush=True)
-            rss_start = desk.rss()
-            run_level(desk.url, 1, args.warmup, questions, args.top_k)  # first calls load lazy state
-            rss_before = desk.rss()
-            out = []
-            for n in levels:
-                load, cpu = os.getloadavg()[0], desk.cpu()
-                r = run_level(desk.url, n, args.requests, questions, args.top_k)
-                r["desk_rss_mb_after"] = desk.rss()
-                # The desk's own CPU per answered request: steadier than wall time on a busy machine.
-                if cpu is not None and r["ok"]:
-                    r["desk_cpu_ms_per_request"] = round((desk.cpu() - cpu) * 1000 / r["ok"], 1)
-                r["loadavg_1m_before"] = round(load, 2)
-                out.append(r)
-                print(f"  {n} clients: {r['throughput_rps']} req/s, p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, "
-                      f"{r['errors']} errors", flush=True)
-            results = {"levels": out,
-                       "desk_rss_mb": {"at_ready": rss_start, "before": rss_before, "after": desk.rss()}}
+            rss_ready = desk.rss()
+            run_level(desk.port, API, 2, 2, asked)  # warm-up
+            for route, levels in ((API, api_levels), (GRADIO, gradio_levels)):
+                for n in levels:
+                    visitor = None
+                    if args.browser and route is API and n == 8:
+                        ready, go = threading.Event(), threading.Event()
+                        visitor = threading.Thread(target=chat_in_browser, args=(desk.url, asked[::7], browser,
+                                                                                 ready, go), daemon=True)
+                        visitor.start()
+                        ready.wait(90)
+                        threading.Timer(args.seconds / 4, go.set).start()  # once the load has built up
+                    r = run_level(desk.port, route, n, args.seconds, asked)
+                    r["rss_mb_after"] = desk.rss()
+                    if visitor is not None:
+                        visitor.join(60)
+                        r["chromium_chat"] = browser
+                    out.append(r)
+                    line = (f"  {route.name} {n:>2} clients: {r['rps']} req/s ({r['rps'] / ceiling:.2f} × ceiling), "
+                            f"p95 {r['p95_ms']} ms, p99 {r['p99_ms']} ms, {r['refused_503']} × 503, "
+                            f"{r['errors']} errors, {r['connection_errors']} connection errors")
+                    if visitor is not None:
+                        line += f"; Chromium chat answered in {browser.get('answer_s', browser.get('error'))} s"
+                    print(line, flush=True)
+            rss_after = desk.rss()
         finally:
             rc = desk.stop()
-        results["desk"] = {"pid": desk.proc.pid, "url": desk.url, "start_s": desk.start_s, "exit_code": rc,
-                           "ready_line": desk.ready_line}
-
-    meta = {"python": platform.python_version(), "gradio_client": gradio_client.__version__,
-            "cpus": os.cpu_count(), "index_dir": str(index_dir), "index": index_info,
-            "requests_per_level": args.requests, "warmup_requests": args.warmup, "top_k": args.top_k,
-            "questions": len(questions), "questions_file": str(QUERIES.relative_to(REPO)),
-            "latency": "client side, per predict() call (HTTP + Gradio queue + search)",
-            "elapsed_s": round(time.perf_counter() - started, 1)}
+    results = {"meta": {"python": platform.python_version(), "cpus": cpus, "seconds_per_level": args.seconds,
+                        "questions": len(asked), "client": "asyncio, keep-alive, closed loop",
+                        "elapsed_s": round(time.perf_counter() - started, 1), "desk_exit_code": rc},
+               "one_core": cost, "ceiling_qps": round(ceiling, 1), "levels": out,
+               "desk_rss_mb": {"at_ready": rss_ready, "after": rss_after}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"meta": meta, **results}, indent=1, ensure_ascii=False))
+    args.json.write_text(json.dumps(results, indent=1, ensure_ascii=False))
     print()
-    print(table(results["levels"]))
-    rss = results["desk_rss_mb"]
-    print(f"\ndesk RSS: {rss['before']} MB before, {rss['after']} MB after; desk start {desk.start_s} s; "
-          f"total {meta['elapsed_s']} s; results in {args.json}")
+    print(table(out, ceiling))
+    print(f"\nceiling {ceiling:.1f} q/s ({cost['ms']} ms a question on one core × {cpus} CPUs); desk RSS "
+          f"{rss_ready} MB at ready, {rss_after} MB after; total {results['meta']['elapsed_s']} s; {args.json}")
 
 
 if __name__ == "__main__":

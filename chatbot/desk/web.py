@@ -1,5 +1,6 @@
-"""The desk over HTTP: one FastAPI app under uvicorn, the visitor app at / and the staff console
-at /staff behind a login, and the rules every request meets on the way in.
+"""The desk over HTTP: one FastAPI app under uvicorn, the visitor app at /, the staff console
+at /staff behind a login, the JSON API at /api (chatbot/desk/api.py), and the rules every request
+meets on the way in.
 
 - Two Gradio apps, not one with a hidden tab: the visitor app has no staff event under any name
   or fn_index, and every route of the console (/staff/gradio_api/…, its queue, its config)
@@ -30,9 +31,11 @@ HEADERS = [
 NO_UPLOADS = ("/gradio_api/upload",)  # under / and under /staff
 
 
-def create(visitor, console, accounts, *, theme: str, css: str, rate: float = 0):
+def create(visitor, console, desk, *, theme: str, css: str, rate: float = 0):
     """The ASGI app. `console` is the staff Blocks, or None when no account exists; `rate`: POST
     requests a second per client address (0: no limit)."""
+    from chatbot.desk import api
+
     import fastapi
     import gradio as gr
     from fastapi.middleware.cors import CORSMiddleware
@@ -40,6 +43,8 @@ def create(visitor, console, accounts, *, theme: str, css: str, rate: float = 0)
 
     root = fastapi.FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     root.add_middleware(CORSMiddleware, allow_origins=[], allow_credentials=False)
+    accounts = desk.accounts
+    root.mount("/api", api.create(desk))  # before "/": the visitor app would take every path
     common = dict(ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False, run_history=False,
                   show_error=False, theme=theme, css=css, max_file_size="4kb")
     if console is not None:
