@@ -3,22 +3,23 @@ ceiling this machine allows, all measured in one run.
 
 1. The ceiling: one question's cost on one core, measured in a child process pinned to CPU 0
    (`taskset -c 0`): the searcher as the desk runs it (one ONNX thread), search + JSON, questions
-   one after another. ceiling = CPUs ÷ that cost. The same child also measures the choice the
-   desk made (service.Pool): on all cores, one search at a time with ONNX on every core, versus
-   one one-thread search per core at once.
+   one after another. ceiling = CPUs ÷ that cost. A second child, on every CPU, measures the
+   choice the desk made (service.Pool): one one-thread search per CPU at once, versus one search
+   at a time with ONNX on every CPU.
 2. The desk itself (`python app.py` on 127.0.0.1, a free port, a temporary data directory, no
    rate limit), then, per level of N clients for D seconds each: N keep-alive connections, each
    sending its next request as soon as the last is answered (a closed loop, as wrk does), from an
    asyncio client in this process. Per level: requests/s and its ratio to the ceiling, latency
    p50/p95/p99/max of the answered ones, 503s (refused when the desk's line is full) and the
    slowest of them, other errors, connection errors, and the desk's RSS.
-3. With --browser (default when /usr/bin/chromium exists): during the 8-client API level, a
-   visitor asks in the chat in headless Chromium; the time from Enter to the answer on screen.
+3. With --browser (default when /usr/bin/chromium exists): one more 8-client API level, during
+   which a visitor asks in the chat in headless Chromium; the time from Enter to the answer on
+   screen (after the plain levels, so that Chromium's CPU does not count against them).
 
 Questions are the Japanese queries of eval/queries.jsonl in a shuffled round-robin. Only 127.0.0.1
 is contacted. Figures go to stdout and bench/results/http_load.json.
 
-    python bench/http_load.py                        # API 1,8,50 clients, Gradio 1,8: ~2.5 minutes
+    python bench/http_load.py                        # API 1,8,50 clients, Gradio 1,8, Chromium: ~3 minutes
     python bench/http_load.py --seconds 5 --api-levels 8 --gradio-levels ""
 """
 
@@ -58,47 +59,40 @@ def questions(seed: int) -> list[str]:
 # -- 1. the ceiling ------------------------------------------------------------------------------
 
 
-def engine_cost(n: int, seed: int) -> dict:
-    """Run in the child (--engine-cost): per-question cost on the CPUs this process may use."""
+def engine_cost(n: int, seed: int, compare: bool) -> dict:
+    """Run in a child (--engine-cost): one question's cost on the CPUs this process may use, or,
+    with `compare`, questions a second on all of them both ways the desk could search."""
     sys.path.insert(0, str(REPO))
     from concurrent.futures import ThreadPoolExecutor
 
     from chatbot import search
 
     asked = questions(seed)
-    one = search.open_searcher(threads=1)  # as the desk runs it
-
-    def answer(searcher, q):
-        return json.dumps(searcher.search(q).to_json(), ensure_ascii=False)
-
-    for q in asked[:20]:  # warm-up: first calls load lazy state
-        answer(one, q)
     work = [asked[i % len(asked)] for i in range(n)]
-    t0, c0 = time.perf_counter(), time.process_time()
-    for q in work:
-        answer(one, q)
-    out = {"ms": round((time.perf_counter() - t0) * 1000 / n, 2),
-           "cpu_ms": round((time.process_time() - c0) * 1000 / n, 2), "questions": n}
+
+    def rate(searcher, threads: int) -> float:
+        answer = lambda q: json.dumps(searcher.search(q).to_json(), ensure_ascii=False)  # noqa: E731
+        for q in asked[:20]:  # warm-up: first calls load lazy state
+            answer(q)
+        with ThreadPoolExecutor(threads) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(answer, work))
+            return n / (time.perf_counter() - t0)
+
+    one = search.open_searcher(threads=1)  # as the desk runs it
+    if not compare:
+        c0 = time.process_time()
+        qps = rate(one, 1)
+        return {"ms": round(1000 / qps, 2), "cpu_ms": round((time.process_time() - c0) * 1000 / (n + 20), 2),
+                "questions": n}
     cpus = len(os.sched_getaffinity(0))
-    if cpus > 1:  # the desk's choice, on every CPU: questions per second either way
-        pool = ThreadPoolExecutor(cpus)
-        t0 = time.perf_counter()
-        list(pool.map(lambda q: answer(one, q), work))
-        parallel = n / (time.perf_counter() - t0)
-        wide = search.open_searcher(threads=0)  # ONNX on every core, one question at a time
-        for q in asked[:20]:
-            answer(wide, q)
-        t0 = time.perf_counter()
-        for q in work:
-            answer(wide, q)
-        serial = n / (time.perf_counter() - t0)
-        out["choice"] = {"one_thread_sessions_in_parallel_qps": round(parallel, 1),
-                         "one_search_all_threads_qps": round(serial, 1), "cpus": cpus}
-    return out
+    return {"cpus": cpus, "one_thread_searches_in_parallel_qps": round(rate(one, cpus), 1),
+            "one_search_at_a_time_all_threads_qps": round(rate(search.open_searcher(threads=0), 1), 1)}
 
 
-def measure_cost(args, env: dict, cpus: str | None) -> dict:
-    command = [sys.executable, __file__, "--engine-cost", str(args.cost_questions), "--seed", str(args.seed)]
+def measure_cost(args, env: dict, cpus: str | None, compare: bool = False) -> dict:
+    command = [sys.executable, __file__, "--engine-cost", str(args.cost_questions), "--seed", str(args.seed),
+               *(["--compare"] if compare else [])]
     if cpus is not None:
         if not shutil.which("taskset"):
             raise SystemExit("taskset (util-linux) is needed to measure the one-core cost")
@@ -196,6 +190,7 @@ def run_level(port: int, route: Route, clients: int, seconds: float, asked: list
     return {"route": route.name, "clients": clients, "seconds": round(wall, 1), "ok": len(seen["ok"]),
             "rps": round(len(seen["ok"]) / wall, 1), **pct, "max_ms": round(float(np.max(ok)), 1),
             "refused_503": len(seen["refused"]),
+            "p50_503_ms": round(float(np.percentile(seen["refused"], 50)), 1) if seen["refused"] else None,
             "slowest_503_ms": round(max(seen["refused"]), 1) if seen["refused"] else None,
             "errors": len(seen["errors"]), "error_samples": sorted(set(seen["errors"]))[:3],
             "connection_errors": len(seen["connection_errors"]),
@@ -241,15 +236,15 @@ def chat_in_browser(url: str, asked: list[str], result: dict, ready: threading.E
 
 
 def table(levels: list[dict], ceiling: float) -> str:
-    head = (f"{'route':>6} {'clients':>7} {'req/s':>7} {'×ceiling':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
-            f"{'max ms':>7} {'503s':>5} {'503 max':>7} {'errors':>6} {'conn err':>8} {'RSS MB':>7}")
+    head = (f"{'route':>12} {'clients':>7} {'req/s':>7} {'×ceiling':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+            f"{'max ms':>7} {'503s':>5} {'503 max':>7} {'errors':>6} {'conn err':>8} {'RSS MB':>7} {'CPU ms':>6}")
     lines = [head, "-" * len(head)]
     for r in levels:
         slow503 = "-" if r["slowest_503_ms"] is None else f"{r['slowest_503_ms']:.0f}"
-        lines.append(f"{r['route']:>6} {r['clients']:>7} {r['rps']:>7.1f} {r['rps'] / ceiling:>8.2f} "
+        lines.append(f"{r['route']:>12} {r['clients']:>7} {r['rps']:>7.1f} {r['rps'] / ceiling:>8.2f} "
                      f"{r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['max_ms']:>7.1f} "
                      f"{r['refused_503']:>5} {slow503:>7} {r['errors']:>6} {r['connection_errors']:>8} "
-                     f"{r['rss_mb_after'] or float('nan'):>7.1f}")
+                     f"{r['rss_mb_after'] or float('nan'):>7.1f} {r['desk_cpu_ms_per_answer']:>6.1f}")
     return "\n".join(lines)
 
 
@@ -264,14 +259,15 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each level")
     parser.add_argument("--cost-questions", type=int, default=300, help="questions timed for the ceiling")
     parser.add_argument("--browser", action=argparse.BooleanOptionalAction, default=Path(CHROMIUM).exists(),
-                        help="a visitor in Chromium during the 8-client API level")
+                        help="a visitor in Chromium during one more 8-client API level")
     parser.add_argument("--index-dir", type=Path, default=Path(os.environ.get("MADOGUCHI_INDEX", REPO / "index")))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--engine-cost", type=int, help=argparse.SUPPRESS)  # the child of measure_cost
+    parser.add_argument("--compare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.engine_cost:
-        print(json.dumps(engine_cost(args.engine_cost, args.seed)))
+        print(json.dumps(engine_cost(args.engine_cost, args.seed, args.compare)))
         return
 
     started = time.perf_counter()
@@ -284,42 +280,50 @@ def main(argv=None) -> None:
     cost = measure_cost(args, env, "0")
     ceiling = cpus * 1000 / cost["ms"]
     print(f"  {cost['ms']} ms a question on one core: ceiling {cpus} CPUs → {ceiling:.1f} questions/s", flush=True)
-    if cost.get("choice"):
-        c = cost["choice"]
-        print(f"  on {c['cpus']} CPUs: one-thread searches in parallel {c['one_thread_sessions_in_parallel_qps']} q/s, "
-              f"one search at a time on all threads {c['one_search_all_threads_qps']} q/s", flush=True)
+    if cpus > 1:
+        cost["choice"] = c = measure_cost(args, env, None, compare=True)
+        print(f"  in process on {c['cpus']} CPUs: {c['one_thread_searches_in_parallel_qps']} q/s with one-thread "
+              f"searches in parallel (the desk's way), {c['one_search_at_a_time_all_threads_qps']} q/s with one "
+              f"search at a time on all threads", flush=True)
     asked = questions(args.seed)
     api_levels, gradio_levels = levels_of(args.api_levels), levels_of(args.gradio_levels)
     browser: dict = {}
     with tempfile.TemporaryDirectory(prefix="madoguchi-load-") as tmp:
-        desk = DeskProcess(["--data-dir", tmp], env, log=Path(tmp) / "desk.log", timeout=300)
+        desk = DeskProcess(args.index_dir.resolve(), Path(tmp) / "data", rate_limit=0, log=Path(tmp) / "desk.log")
         out = []
         try:
-            print(f"{desk.ready_line}  (pid {desk.proc.pid}, {desk.start_s} s)", flush=True)
+            print(f"{desk.ready_line}  (pid {desk.pid}, {desk.start_s} s)", flush=True)
             rss_ready = desk.rss()
             run_level(desk.port, API, 2, 2, asked)  # warm-up
-            for route, levels in ((API, api_levels), (GRADIO, gradio_levels)):
-                for n in levels:
-                    visitor = None
-                    if args.browser and route is API and n == 8:
-                        ready, go = threading.Event(), threading.Event()
-                        visitor = threading.Thread(target=chat_in_browser, args=(desk.url, asked[::7], browser,
-                                                                                 ready, go), daemon=True)
-                        visitor.start()
-                        ready.wait(90)
-                        threading.Timer(args.seconds / 4, go.set).start()  # once the load has built up
-                    r = run_level(desk.port, route, n, args.seconds, asked)
-                    r["rss_mb_after"] = desk.rss()
-                    if visitor is not None:
-                        visitor.join(60)
-                        r["chromium_chat"] = browser
-                    out.append(r)
-                    line = (f"  {route.name} {n:>2} clients: {r['rps']} req/s ({r['rps'] / ceiling:.2f} × ceiling), "
-                            f"p95 {r['p95_ms']} ms, p99 {r['p99_ms']} ms, {r['refused_503']} × 503, "
-                            f"{r['errors']} errors, {r['connection_errors']} connection errors")
-                    if visitor is not None:
-                        line += f"; Chromium chat answered in {browser.get('answer_s', browser.get('error'))} s"
-                    print(line, flush=True)
+            # The browser's level comes after the plain ones, so that Chromium's own CPU does not
+            # count against the API's figures.
+            plan = [(API, n, False) for n in api_levels] + [(GRADIO, n, False) for n in gradio_levels]
+            if args.browser:
+                plan.append((API, 8, True))
+            for route, n, with_browser in plan:
+                visitor = None
+                if with_browser:
+                    ready, go = threading.Event(), threading.Event()
+                    visitor = threading.Thread(target=chat_in_browser, args=(desk.url, asked[::7], browser, ready, go),
+                                               daemon=True)
+                    visitor.start()
+                    ready.wait(90)
+                    threading.Timer(args.seconds / 4, go.set).start()  # once the load has built up
+                cpu = desk.cpu()
+                r = run_level(desk.port, route, n, args.seconds, asked)
+                r["rss_mb_after"] = desk.rss()
+                # the desk's CPU per answered question: what one costs it, HTTP and log included
+                r["desk_cpu_ms_per_answer"] = round((desk.cpu() - cpu) * 1000 / max(r["ok"], 1), 1)
+                if visitor is not None:
+                    visitor.join(60)
+                    r["route"], r["chromium_chat"] = "api+chromium", dict(browser)
+                out.append(r)
+                line = (f"  {r['route']} {n:>2} clients: {r['rps']} req/s ({r['rps'] / ceiling:.2f} × ceiling), "
+                        f"p95 {r['p95_ms']} ms, p99 {r['p99_ms']} ms, {r['refused_503']} × 503, "
+                        f"{r['errors']} errors, {r['connection_errors']} connection errors")
+                if visitor is not None:
+                    line += f"; the chat in Chromium answered in {browser.get('answer_s', browser.get('error'))} s"
+                print(line, flush=True)
             rss_after = desk.rss()
         finally:
             rc = desk.stop()

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 QUERIES = REPO / "eval" / "queries.jsonl"
 DEFAULT_JSON = REPO / "bench" / "results" / "load.json"
 
-from desk_probe import HOST, DeskProcess, desk_env  # noqa: E402  (beside this script)
+from desk_probe import HOST, DeskProcess  # noqa: E402  (beside this script)
 
 
 def main(argv=None) -> int:
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
 
             index_dir = tmp / "index"
             index.build(config.corpus_dir(), index_dir, embed.load_encoder(), progress=False)
-        desk = DeskProcess(["--data-dir", tmp / "data"], desk_env(index_dir), timeout=300)
+        desk = DeskProcess(index_dir, tmp / "data", rate_limit=0, timeout=300)  # every client is 127.0.0.1
         print(f"{desk.ready_line} (pid {desk.proc.pid}, {desk.start_s} s)", flush=True)
         samples: list[tuple[float, float]] = []
         try:

@@ -420,7 +420,7 @@ def main(argv=None) -> int:
 
         def start_desk(name: str) -> DeskProcess:
             data = tmp / name
-            return DeskProcess(["--data-dir", data, "--db", cluster.url, "--replica", name], env, port=ports[name],
+            return DeskProcess(index_dir, data, db=cluster.url, replica=name, rate_limit=0, port=ports[name],
                                log=tmp / f"{name}.console.log", timeout=args.start_timeout)
 
         for name in ports:  # one after the other: a stale index would be rebuilt by the first only
@@ -625,7 +625,7 @@ def main(argv=None) -> int:
         if nginx is not None:
             nginx.stop()
         for d in desks.values():
-            d.terminate()
+            d.stop()
         if cluster is not None:
             cluster.remove()
         shutil.rmtree(tmp, ignore_errors=True)

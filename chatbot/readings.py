@@ -27,8 +27,8 @@ _HIRAGANA = {chr(c): chr(c + 0x60) for c in range(0x3041, 0x3097)}
 def key(term: str) -> str:
     """The folded reading of a term, or "" when some part of it has no kana reading."""
     kana = []
-    for word in text.tagger()(term):
-        reading = word.feature.kana
+    for word in text.mecab(term):
+        reading = word.kana
         if not reading or reading == "*":
             reading = "".join(_HIRAGANA.get(c, c) for c in word.surface)
             if not all("ァ" <= c <= "ヺ" or c == "ー" for c in reading):

@@ -174,8 +174,8 @@ class Searcher:
     for evaluating what it adds.
 
     `search` may run in several threads at once: after construction everything here is only read
-    (FAISS, BM25 and ONNX Runtime sessions allow concurrent reads; MeCab has a tagger per thread,
-    chatbot.text.tagger), except the bank, which one thread reloads under a lock."""
+    (FAISS, BM25 and ONNX Runtime sessions allow concurrent reads; MeCab parses under a lock,
+    chatbot.text.mecab), except the bank, which one thread reloads under a lock."""
 
     def __init__(self, index, encoder, settings: Settings | None = None, *, bank_file: Path | None = None,
                  use_bank: bool = True, bank_cache: Path | None = None):

@@ -1,8 +1,13 @@
-"""Shared fixtures: a real desk (`python app.py`) for the desk and browser tests, once per log
-backend (SQLite, then a throwaway PostgreSQL), so every desk test runs on both.
+"""Shared fixtures.
 
-Each desk starts on an empty index directory, so it builds its own index first (the
-build-on-first-start path), on a free port with its data directory in a temporary folder.
+- Every test runs with the MADOGUCHI_* settings of this file, never the user's: a model cache
+  for the session, and per test a data directory and a question bank of its own, all temporary.
+  Child processes (desks, CLI runs, bench scripts) inherit them through os.environ.
+- One embedding model (`encoder`) and one index of the real corpus (`built`, its directory
+  `lean_index`) for the whole session. Tests that damage or rebuild an index do it on a copy
+  (tests/index_copies.py) or build their own.
+- A real desk (`python app.py`, bench/desk_probe.DeskProcess) per log backend (SQLite, then a
+  throwaway PostgreSQL), so every desk test runs on both.
 """
 
 from __future__ import annotations
@@ -10,50 +15,70 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules next to the tests (postgres, logdb, …)
+sys.path.insert(0, str(REPO / "bench"))  # desk_probe: the one DeskProcess, shared with the bench scripts
 START_TIMEOUT = 180  # seconds: a cold index build takes about 30
 
+from desk_probe import STAFF, DeskProcess  # noqa: E402 - after the sys.path lines
 
-from desk_process import STAFF  # noqa: E402 - after the sys.path line
+# MADOGUCHI_* variables that steer the test suite itself rather than the desk: kept from the shell.
+SUITE_SETTINGS = {"MADOGUCHI_SCREENSHOT"}  # tests/test_browser.py: where to save the README's screenshot
 
 
-@dataclass
-class RunningDesk:
-    url: str
-    data_dir: Path
-    index_dir: Path
-    output: list[str]  # the desk's console (stdout and stderr), line by line
-    log_url: str  # where it logs: read it with tests/logdb.query
-    bank: Path  # its question bank file (console corrections)
-    staff: tuple[str, str] = STAFF  # the console account created before it started
+@pytest.fixture(scope="session", autouse=True)
+def madoguchi_environment(tmp_path_factory):
+    """The desk's settings for the whole session, none of them the user's: a shell's MADOGUCHI_DB
+    or MADOGUCHI_BANK would send test records into a real log or bank, MADOGUCHI_MODEL would change
+    every answer. MADOGUCHI_CACHE is one temporary folder for the session, so the embedded model
+    is converted into it once (about 4 s), not once per test; MADOGUCHI_INDEX is an empty folder,
+    so nothing reads or builds the repository's ./index unasked. Session fixtures (the desks,
+    `built`) are set up under these; `own_data_and_bank` then gives each test its own data."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in os.environ if n.startswith("MADOGUCHI_") and n not in SUITE_SETTINGS]:
+            mp.delenv(name)
+        mp.setenv("MADOGUCHI_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("MADOGUCHI_INDEX", str(tmp_path_factory.mktemp("no-index")))
+        session = tmp_path_factory.mktemp("session")
+        mp.setenv("MADOGUCHI_DATA", str(session / "data"))
+        mp.setenv("MADOGUCHI_BANK", str(session / "bank.jsonl"))
+        yield
 
-    def console(self):
-        """A gradio_client logged in to the staff console."""
-        from gradio_client import Client
 
-        return Client(self.url + "/staff/", auth=self.staff, verbose=False)
-
-    @property
-    def db(self) -> Path:
-        """The SQLite file (absent when the desk logs to PostgreSQL)."""
-        return self.data_dir / "madoguchi.sqlite3"
+@pytest.fixture(autouse=True)
+def own_data_and_bank(tmp_path_factory, monkeypatch):
+    """A data directory and a question bank per test: a log row or a bank entry written by one
+    test (a CLI run without --data-dir, say) is never read by another. Neither exists until used."""
+    here = tmp_path_factory.mktemp("madoguchi")
+    monkeypatch.setenv("MADOGUCHI_DATA", str(here / "data"))
+    monkeypatch.setenv("MADOGUCHI_BANK", str(here / "bank.jsonl"))
 
 
 @pytest.fixture(scope="session")
-def lean_index(tmp_path_factory) -> Path:
-    """An index built here with the encoder the desk loads (quicker than a desk's own build), for
-    the tests that start desks of their own."""
-    from chatbot import embed, index
+def encoder():
+    """The embedded model on the lean runtime, as the desk and the CLI load it: loaded once."""
+    from chatbot import embed
 
-    root = tmp_path_factory.mktemp("lean-index")
-    index.build(REPO / "corpus", root, embed.load_encoder(), progress=False)
-    return root
+    return embed.load_encoder()
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, encoder):
+    """The session's index of the real corpus (a chatbot.index.Index), built once. Shared, so read
+    only: a test that damages or rebuilds an index does it on index_copies.copy_of(built, tmp_path)."""
+    from chatbot import index
+
+    return index.build(REPO / "corpus", tmp_path_factory.mktemp("index"), encoder, progress=False)
+
+
+@pytest.fixture(scope="session")
+def lean_index(built) -> Path:
+    """The directory of `built` (its CURRENT and its build): MADOGUCHI_INDEX for desks and CLI runs."""
+    return built.root.parent
 
 
 @pytest.fixture(scope="session")
@@ -84,19 +109,21 @@ def db_url(request, tmp_path) -> str:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def desk(request, tmp_path_factory) -> RunningDesk:
-    from desk_process import DeskProcess
-
+def desk(request, tmp_path_factory) -> DeskProcess:
+    """A running desk with the STAFF account. The SQLite one starts on an empty index directory and
+    builds its index first (the build-on-first-start path); the PostgreSQL one on `lean_index`,
+    since a second build would test nothing the first does not."""
     root = tmp_path_factory.mktemp("desk")
     if request.param == "sqlite":
-        log_url, db = f"sqlite:///{root / 'data' / 'madoguchi.sqlite3'}", ""
+        index_dir, db = root / "index", ""
     else:
-        log_url = db = request.getfixturevalue("pg_cluster").new_database(f"desk_{uuid.uuid4().hex[:12]}")
+        index_dir = request.getfixturevalue("lean_index")
+        db = request.getfixturevalue("pg_cluster").new_database(f"desk_{uuid.uuid4().hex[:12]}")
     try:
-        proc = DeskProcess(root / "index", root / "data", db=db, timeout=START_TIMEOUT, staff=STAFF)
+        proc = DeskProcess(index_dir, root / "data", db=db, staff=STAFF, timeout=START_TIMEOUT)
     except RuntimeError as e:
         pytest.fail(str(e))
     try:
-        yield RunningDesk(proc.url, proc.data_dir, root / "index", proc.output, log_url, proc.bank)
+        yield proc
     finally:
         proc.stop()

@@ -123,30 +123,24 @@ def test_the_description_and_its_page(http):
 def test_pool_refuses_at_once_when_the_line_is_full():
     from chatbot.desk.service import Busy, Pool
 
-    pool, release, started = Pool(1, 1), threading.Event(), threading.Event()
-
-    def hold():
-        started.set()
-        release.wait(10)
-        return "held"
-
-    with ThreadPoolExecutor(3) as callers:
-        first = callers.submit(pool.run, hold, admit=True)
-        started.wait(5)
-        second = callers.submit(pool.run, lambda: "queued", admit=True)  # waits in the line
-        eventually(lambda: pool._admitted == 2, timeout=5)
-        with pytest.raises(Busy):
-            pool.run(lambda: "refused", admit=True)
-        chat = callers.submit(pool.run, lambda: "chat", admit=False)  # the chat waits in Gradio's queue instead
-        release.set()
-        assert first.result(10) == "held" and second.result(10) == "queued" and chat.result(10) == "chat"
-    assert pool.run(lambda: "free again", admit=True) == "free again"
+    pool, release = Pool(1, 1), threading.Event()
+    with pool.place():
+        held = pool.submit(release.wait, 10)  # the one worker, busy
+        with pool.place():  # the one place in line
+            with pytest.raises(Busy):
+                with pool.place():
+                    pass
+            chat = pool.submit(lambda: "chat")  # the chat is not counted: it waits in Gradio's queue
+            release.set()
+            assert held.result(10) and chat.result(10) == "chat"
+    with pool.place():  # free again
+        assert pool.run(lambda: "answered") == "answered"
     pool.close()
 
 
 def test_parallel_searches_answer_as_serial_ones(lean_index):
-    """Four threads at once over one Searcher (one MeCab tagger per thread, one ONNX session) give
-    exactly the answers of one thread."""
+    """Four threads at once over one Searcher (one MeCab tagger behind its lock, one ONNX session)
+    give exactly the answers of one thread."""
     from chatbot import embed, index, search
 
     encoder = embed.load_encoder(threads=1)
@@ -160,3 +154,30 @@ def test_parallel_searches_answer_as_serial_ones(lean_index):
     serial = [answer(q) for q in questions]
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(answer, questions * 2)) == serial * 2
+
+
+def test_a_full_desk_answers_503_with_retry_after_at_once(lean_index, tmp_path):
+    """One worker and no line: of many questions sent at once, those that find no place are refused
+    with 503 and Retry-After straight away, and every other one is answered."""
+    import asyncio
+
+    from desk_probe import DeskProcess
+
+    proc = DeskProcess(lean_index, tmp_path / "data", env={"MADOGUCHI_WORKERS": "1", "MADOGUCHI_QUEUE": "0",
+                                                          "MADOGUCHI_RATE_LIMIT": "0"})
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/api/search", json={"question": f"特許の相談 {i}"})
+                                          for i in range(24)))
+
+    try:
+        replies = asyncio.run(burst())
+    finally:
+        proc.stop()
+    refused = [r for r in replies if r.status_code == 503]
+    answered = [r for r in replies if r.status_code == 200]
+    assert refused and answered and len(refused) + len(answered) == len(replies)
+    assert all(r.headers["retry-after"] == "1" and "busy" in r.json()["error"] for r in refused)
+    assert max(r.elapsed.total_seconds() for r in refused) < 1.0  # "at once": well within an answer's bound
+    assert all(r.json()["results"] for r in answered)

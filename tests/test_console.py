@@ -234,9 +234,9 @@ def test_wrong_json_types_are_a_clear_error_never_coerced(http, desk, api, data,
 # -- no account: no console ----------------------------------------------------------------------------
 
 def test_without_an_account_the_console_is_off_and_a_client_is_rate_limited(lean_index, tmp_path):
-    from desk_process import DeskProcess
+    from desk_probe import DeskProcess
 
-    proc = DeskProcess(lean_index, tmp_path / "data", env={"MADOGUCHI_RATE_LIMIT": "2"})  # bursts of 4
+    proc = DeskProcess(lean_index, tmp_path / "data", rate_limit=2)  # bursts of 4
     try:
         r = httpx.get(proc.url + "/staff/", timeout=30)
         assert r.status_code == 503 and "python -m chatbot staff add" in r.text

@@ -84,8 +84,10 @@ def rows(desk, sql: str, expect) -> list[tuple]:
     return eventually(check) or query(desk.log_url, sql)
 
 
-def test_desk_built_its_index_on_first_start(desk):
-    assert any("building the index" in line for line in desk.output)
+def test_desk_builds_a_missing_index_on_first_start_and_loads_a_current_one(desk, lean_index):
+    """The SQLite desk started on an empty index directory, the PostgreSQL one on the session's
+    built index (tests/conftest.py)."""
+    assert any("building the index" in line for line in desk.output) == (desk.index_dir != lean_index)
 
 
 def test_only_search_and_feedback_are_documented(client):
@@ -100,12 +102,11 @@ def test_search_returns_the_ask_json(client):
     assert "https://www.j-platpat.inpit.go.jp/" in out["results"][0]["urls"]
 
 
-def test_search_equals_the_engine(client, desk):
+def test_search_equals_the_engine(client, desk, encoder):
     """/search gives what `python -m chatbot ask --json` prints: Searcher.search(...).to_json()."""
-    from chatbot import config, embed, index, search
+    from chatbot import index, search
 
-    encoder = embed.load_encoder(config.model_name())
-    searcher = search.Searcher(index.load(desk.index_dir, model_id=encoder.model_id), encoder)
+    searcher = search.Searcher(index.load(desk.index_dir, model_id=encoder.model_id), encoder, bank_file=desk.bank)
     for question, context in [("J-PlatPatで特許を検索したい", ""), ("それの料金は？", "6.(1)"), ("今日の天気は？", "")]:
         expected = searcher.search(question, top_k=5, context=context or None).to_json()
         # numpy scalars (e.g. a np.bool_ flag) as JSON would carry them

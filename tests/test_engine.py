@@ -1,5 +1,6 @@
 """The retrieval engine on real parts: the embedded model (lean runtime), a real FAISS and BM25
-index built from the real corpus, the search with its calibrated decisions, and the CLI."""
+index built from the real corpus (the session's, tests/conftest.py), the search with its
+calibrated decisions, and the CLI."""
 
 import json
 import os
@@ -12,23 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chatbot import embed, evaluation, index, search
+from chatbot import evaluation, index, search
 from chatbot.errors import IndexStateError, QueryError
 from index_copies import copy_of
 
 REPO = Path(__file__).resolve().parent.parent
 DEV = Path(__file__).parent / "data" / "dev_queries.jsonl"  # copy of shared/eval/dev_queries.jsonl
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return embed.load_encoder(embed.DEFAULT_MODEL)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, encoder):
-    root = tmp_path_factory.mktemp("index")
-    return index.build(REPO / "corpus", root, encoder, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Issue 8, reliability: bad input at every entry point, a property test over search and rendering,
-and broken index state (on a temporary index built here with the real encoder).
+and broken index state (on copies of the session's index of the real corpus, tests/conftest.py).
 
 What tests/test_engine.py and tests/test_desk.py already cover is not repeated: the engine's
 empty/huge/odd questions, a missing index, a truncated faiss file, a stale corpus, another model,
@@ -23,14 +23,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatbot import embed, index, search
+from chatbot import index, search
 from chatbot.desk import render
 from chatbot.desk.render import audit  # the renderer's own tag/attribute contract
 from chatbot.errors import IndexStateError
 
-sys.path.insert(0, str(Path(__file__).parent))
-from desk_process import DeskProcess  # noqa: E402
-from index_copies import copy_of  # noqa: E402
+from desk_probe import DeskProcess
+from index_copies import copy_of
 
 REPO = Path(__file__).resolve().parent.parent
 LIMIT = search.MAX_QUERY_CHARS
@@ -53,16 +52,6 @@ EMPTYISH = {"empty", "whitespace"}
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def encoder():
-    return embed.load_encoder()
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, encoder):
-    return index.build(REPO / "corpus", tmp_path_factory.mktemp("rel-index"), encoder, progress=False)
-
 
 @pytest.fixture(scope="module")
 def searcher(built, encoder):

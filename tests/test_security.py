@@ -94,8 +94,8 @@ def _targets(desk) -> dict[str, bytes]:
     corpus = REPO / "corpus" / "chapter5.md"
     out = {"/etc/passwd": b"root:", str(corpus): corpus.read_bytes()[200:260], str(REPO / "app.py"): b"def create_app",
            str(REPO / "README.md"): b"MADOGUCHI_CORPUS"}
-    if desk.db.exists():
-        out[str(desk.db)] = b"SQLite format 3"
+    if desk.sqlite_file.exists():
+        out[str(desk.sqlite_file)] = b"SQLite format 3"
     current = desk.index_dir / "CURRENT"
     if current.exists():
         out[str(current)] = current.read_bytes().strip()

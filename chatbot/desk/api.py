@@ -102,11 +102,11 @@ def create(desk):
 
     @api.post("/search", response_model=Answer, responses={**invalid_body, **busy},
               summary="Search the programmes for a question")
-    def search_programmes(body: SearchRequest):
+    async def search_programmes(body: SearchRequest):
         """The answer `python -m chatbot ask --json` gives. A `context` that is not a programme key
         is a 422 whose body has that same shape, with `error`."""
         try:
-            out = desk.checked_search(body.question, body.top_k, body.context or "", admit=True)
+            out = await desk.api_search_async(body.question, body.top_k, body.context or "")
         except Busy:
             return _busy(JSONResponse)
         # The dict as it is: through response_model FastAPI would validate and copy it again.

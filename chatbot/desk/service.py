@@ -7,9 +7,11 @@ drift apart, and the UI modules only lay out and render.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 from chatbot import search as search_mod
 from chatbot import config, privacy, staff, text
@@ -22,30 +24,34 @@ class Busy(Exception):
 
 class Pool:
     """Where the desk's searches run: `workers` threads, each searching one question with one
-    ONNX Runtime thread and its own MeCab tagger. On 2 cores, two one-thread searches at once
-    answered 94 questions a second and one two-thread search at a time 76 (bench/http_load.py
-    prints both figures' source, the one-core cost). API callers (`admit=True`) may wait in line
-    only while fewer than `workers + waiting` are admitted; beyond, Busy at once rather than a
-    wait with no end. The chat and the console wait in Gradio's own bounded queue instead."""
+    ONNX Runtime thread (bench/http_load.py measures this against one search at a time with ONNX
+    on every core). A caller of the JSON API first takes a place():
+    at most `workers + waiting` at once, beyond that Busy at once rather than a wait with no
+    end. The chat and the console wait in Gradio's own bounded queue instead."""
 
     def __init__(self, workers: int, waiting: int):
         self.workers, self.limit = workers, workers + waiting
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="madoguchi-search")
-        self._admitted = 0
+        self._placed = 0
         self._lock = threading.Lock()
 
-    def run(self, fn, *args, admit: bool = False, **kwargs):
-        if admit:
-            with self._lock:
-                if self._admitted >= self.limit:
-                    raise Busy()
-                self._admitted += 1
+    @contextmanager
+    def place(self):
+        with self._lock:
+            if self._placed >= self.limit:
+                raise Busy()
+            self._placed += 1
         try:
-            return self._threads.submit(fn, *args, **kwargs).result()
+            yield
         finally:
-            if admit:
-                with self._lock:
-                    self._admitted -= 1
+            with self._lock:
+                self._placed -= 1
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        return self._threads.submit(fn, *args, **kwargs)
+
+    def run(self, fn, *args, **kwargs):
+        return self.submit(fn, *args, **kwargs).result()
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -85,30 +91,33 @@ class Desk:
     def api_search(self, question: str, top_k: int = config.TOP_K, context: str = "") -> dict:
         """The pinned Gradio /search endpoint: exactly `python -m chatbot ask --json`. Arguments of
         the wrong JSON type are an error answer, never coerced (2.7 is not 2, true is not 1)."""
-        return self.checked_search(question, top_k, context, admit=False)
-
-    def checked_search(self, question, top_k, context, *, admit: bool) -> dict:
-        """api_search, and POST /api/search with `admit=True`: raises Busy when the line is full."""
         try:
-            if not isinstance(question, str):
-                raise QueryError(f"question must be a string, got {type(question).__name__}")
-            if top_k is None:
-                top_k = config.TOP_K
-            if isinstance(top_k, bool) or not isinstance(top_k, int):
-                raise QueryError(f"top_k must be an integer between 1 and 50, got {_brief(top_k)}")
-            if context is not None and not isinstance(context, str):
-                raise QueryError(f"context must be a programme key (a string), got {type(context).__name__}")
-            return self._search(question, top_k=top_k, context=(context or "").strip(), channel="api",
-                                admit=admit)[1]
+            top_k, context = _checked(question, top_k, context)
+            return self._search(question, top_k=top_k, context=context, channel="api")[1]
         except QueryError as e:  # the same shape the CLI prints for a question it cannot search
             return search_mod.Answer.refused(question if isinstance(question, str) else "", str(e)).to_json()
 
-    def _search(self, question: str, *, top_k: int, channel: str, context: str = "", audience: str = "",
-                admit: bool = False):
-        started = time.perf_counter()
+    async def api_search_async(self, question: str, top_k: int = config.TOP_K, context: str = "") -> dict:
+        """POST /api/search (chatbot/desk/api.py): the same answer, asked from the event loop. The
+        place in line is taken there, so a full desk raises Busy without tying up a thread."""
+        try:
+            top_k, context = _checked(question, top_k, context)
+            with self.pool.place():
+                job = self.pool.submit(self._search_here, question, top_k=top_k, context=context, channel="api",
+                                       started=time.perf_counter())
+                return (await asyncio.wrap_future(job))[1]
+        except QueryError as e:
+            return search_mod.Answer.refused(question if isinstance(question, str) else "", str(e)).to_json()
+
+    def _search(self, question: str, *, top_k: int, channel: str, context: str = "", audience: str = ""):
+        return self.pool.run(self._search_here, question, top_k=top_k, channel=channel, context=context,
+                             audience=audience, started=time.perf_counter())
+
+    def _search_here(self, question: str, *, top_k: int, channel: str, context: str = "", audience: str = "",
+                     started: float):
+        """In a worker of the pool: search, log. `started`: when the caller asked (the wait counts)."""
         question = text.scrub(question or "")
-        answer = self.pool.run(self.searcher.search, question, top_k=top_k, context=context or None,
-                               audience=audience or None, admit=admit)
+        answer = self.searcher.search(question, top_k=top_k, context=context or None, audience=audience or None)
         elapsed = (time.perf_counter() - started) * 1000
         out = answer.to_json()
         if not answer.message:  # empty or over-long input is not a question to count
@@ -168,6 +177,19 @@ class Desk:
 
     def stats(self) -> dict:
         return self.store.stats()
+
+
+def _checked(question, top_k, context) -> tuple[int, str]:
+    """(top_k, context) of an API call, or QueryError for an argument of the wrong JSON type."""
+    if not isinstance(question, str):
+        raise QueryError(f"question must be a string, got {type(question).__name__}")
+    if top_k is None:
+        top_k = config.TOP_K
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise QueryError(f"top_k must be an integer between 1 and 50, got {_brief(top_k)}")
+    if context is not None and not isinstance(context, str):
+        raise QueryError(f"context must be a programme key (a string), got {type(context).__name__}")
+    return top_k, (context or "").strip()
 
 
 def _brief(value) -> str:
