@@ -170,8 +170,9 @@ def test_like_is_stored(page, desk):
     # Gradio translates its own labels: いいね under ja-JP (the desk's locale), Like otherwise
     page.locator('#desk-chat button:is([aria-label="いいね"], [aria-label="Like"])').last.click()
     page.locator("#desk-thanks", has_text="ありがとうございました").wait_for()
-    question, key, helpful = eventually(lambda: query(
-        desk.log_url, "SELECT question, key, helpful FROM feedback WHERE channel = 'visitor' ORDER BY id DESC"))[0]
+    question, key, helpful = eventually(lambda: query(  # this vote: the log writes a moment after it acknowledges
+        desk.log_url, "SELECT question, key, helpful FROM feedback WHERE channel = 'visitor' AND question = ? "
+        "ORDER BY id DESC", "起業したばかりで知財の専門家に相談したい"))[0]
     assert question == "起業したばかりで知財の専門家に相談したい" and helpful == 1
     from chatbot import config, corpus
 
