@@ -57,8 +57,9 @@ def build(desk) -> gr.Blocks:
         gr.Markdown(TITLE + "特許庁 年次報告書 第5章「多様なユーザーへの支援・施策」（44施策）から、"
                     "ご質問に合う施策と案内ページをお探しします。答えはすべて資料の本文そのままです。")
         _visitor_tab(desk)
-        gr.api(desk.api_search, api_name="search", concurrency_limit=4)
-        gr.api(desk.api_feedback, api_name="feedback", concurrency_limit=4)
+        # concurrency: the queue's default (app.py); the searches themselves share the Desk's workers
+        gr.api(desk.api_search, api_name="search")
+        gr.api(desk.api_feedback, api_name="feedback")
     return app
 
 
