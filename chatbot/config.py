@@ -65,15 +65,16 @@ class Setting:
 SETTINGS = [
     Setting("corpus", "MADOGUCHI_CORPUS", str(REPO / "corpus"), "corpus directory (*.md)", _path,
             shown_default="./corpus"),
-    Setting("index", "MADOGUCHI_INDEX", str(REPO / "index"), "index directory (FAISS, BM25, manifest; `build` writes it)", _path,
-            shown_default="./index"),
+    Setting("index", "MADOGUCHI_INDEX", str(REPO / "index"), "index directory (FAISS, BM25, manifest; `build` "
+            "writes it)", _path, shown_default="./index"),
     Setting("model", "MADOGUCHI_MODEL", DEFAULT_MODEL, "embedding model: the embedded default, or a "
             "sentence-transformers name or local folder (must match the index)"),
-    Setting("bank", "MADOGUCHI_BANK", "", "the question bank staff grow (JSONL)", _path, shown_default="<corpus>/bank.jsonl"),
-    Setting("cache", "MADOGUCHI_CACHE", str(Path("~/.cache/madoguchi")), "converted model folders and the bank's question vectors",
-            _path, shown_default="~/.cache/madoguchi"),
-    Setting("data_dir", "MADOGUCHI_DATA", str(REPO / "data"), "the desk's spool `spool-<replica>.jsonl`, refused records "
-            "`rejected-<replica>.jsonl`, and the SQLite log when there is no database URL", _path,
+    Setting("bank", "MADOGUCHI_BANK", "", "the question bank staff grow (JSONL)", _path,
+            shown_default="<corpus>/bank.jsonl"),
+    Setting("cache", "MADOGUCHI_CACHE", str(Path("~/.cache/madoguchi")), "converted model folders and the bank's "
+            "question vectors", _path, shown_default="~/.cache/madoguchi"),
+    Setting("data_dir", "MADOGUCHI_DATA", str(REPO / "data"), "the desk's spool `spool-<replica>.jsonl`, refused "
+            "records `rejected-<replica>.jsonl`, and the SQLite log when there is no database URL", _path,
             shown_default="./data"),
     Setting("db", "MADOGUCHI_DB", "", "the log's database: `sqlite:///relative/path`, `sqlite:////absolute/path` "
             "or `postgresql://user[:password]@host[:port]/db` shared by many desks",
@@ -81,17 +82,16 @@ SETTINGS = [
     Setting("host", "MADOGUCHI_HOST", "127.0.0.1", "address the desk listens on (127.0.0.1: this machine only)",
             desk=True),
     Setting("port", "MADOGUCHI_PORT", "7860", "the desk's port", _count(1, 65535), desk=True),
-    Setting("replica", "MADOGUCHI_REPLICA", "", "this desk's name in the log and in its spool's file name; unique per desk", desk=True,
-            shown_default="<hostname>-<port>"),
+    Setting("replica", "MADOGUCHI_REPLICA", "", "this desk's name in the log and in its spool's file name; unique "
+            "per desk", desk=True, shown_default="<hostname>-<port>"),
     Setting("workers", "MADOGUCHI_WORKERS", "", "questions searched at once (the encoder runs one thread each)",
             _count(1, 64), desk=True, shown_default="the number of CPUs"),
     Setting("queue", "MADOGUCHI_QUEUE", "16", "API questions that may wait for a worker; beyond, 503 Retry-After",
             _count(0, 10_000), desk=True),
-    Setting("rate_limit", "MADOGUCHI_RATE_LIMIT", "50", "POST requests a second per client address (429 beyond; 0: off)",
-            _rate, desk=True),
-    Setting("retention_days", "MADOGUCHI_RETENTION_DAYS", "0", "the desk deletes log records older than this many days, at start "
-            "and daily (0: keeps all)",
-            _count(0, 99_999), desk=True),
+    Setting("rate_limit", "MADOGUCHI_RATE_LIMIT", "50", "POST requests a second per client address (429 beyond; "
+            "0: off)", _rate, desk=True),
+    Setting("retention_days", "MADOGUCHI_RETENTION_DAYS", "0", "the desk deletes log records older than this many "
+            "days, at start and daily (0: keeps all)", _count(0, 99_999), desk=True),
 ]
 BY_NAME = {s.name: s for s in SETTINGS}
 _flags: dict[str, str] = {}  # what the command line gave, set by use()

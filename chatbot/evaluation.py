@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chatbot.config import METHODS
 from chatbot.errors import MadoguchiError
 
 K = 10  # depth of the ranking kept for MRR@10
@@ -69,7 +70,7 @@ def load_queries(paths: list[Path], split: str | None = None) -> list[Query]:
     return queries
 
 
-def run(searcher, queries: list[Query], method: str = "hybrid") -> list[Outcome]:
+def run(searcher, queries: list[Query], method: str = METHODS[0]) -> list[Outcome]:
     outcomes = []
     for q in queries:
         started = time.perf_counter()
@@ -81,7 +82,7 @@ def run(searcher, queries: list[Query], method: str = "hybrid") -> list[Outcome]
     return outcomes
 
 
-def metrics(outcomes: list[Outcome], method: str = "hybrid") -> dict:
+def metrics(outcomes: list[Outcome], method: str = METHODS[0]) -> dict:
     """hit@1, hit@3, MRR@10 and URL@1 over in-scope queries; abstention over all; latency."""
     inside = [o for o in outcomes if o.query.in_scope]
     outside = [o for o in outcomes if not o.query.in_scope]

@@ -213,7 +213,7 @@ class Searcher:
 
     # -- public ---------------------------------------------------------------------------
     def search(self, query: str, *, top_k: int = config.TOP_K, context: str | None = None,
-               method: str = "hybrid", audience: str | None = None) -> Answer:
+               method: str = METHODS[0], audience: str | None = None) -> Answer:
         started = time.perf_counter()
         if method not in METHODS:
             raise QueryError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -275,7 +275,7 @@ class Searcher:
             return "none"
         return "answer" if confidence >= s.answer_threshold else "suggest"
 
-    def rank(self, clean: str, method: str = "hybrid", exclude: int | None = None) -> Ranking:
+    def rank(self, clean: str, method: str = METHODS[0], exclude: int | None = None) -> Ranking:
         """Score every programme for a normalised question (`exclude`: an example to leave out)."""
         expanded = aliases.expand(clean, self.aliases)
         terms = self.readings.correct(text.tokens(expanded))

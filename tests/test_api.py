@@ -7,6 +7,7 @@ pool and the parallel engine in process, on the real model and index.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -33,7 +34,7 @@ def test_search_is_the_ask_json(http, desk):
     question = "スタートアップで知財の専門家を派遣してほしい"
     r = http.post("/api/search", json={"question": question, "top_k": 3})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
-    env = {**__import__("os").environ, "MADOGUCHI_INDEX": str(desk.index_dir)}
+    env = {**os.environ, "MADOGUCHI_INDEX": str(desk.index_dir)}
     cli = subprocess.run([sys.executable, "-m", "chatbot", "ask", question, "--top-k", "3", "--json"],
                          cwd=REPO, env=env, capture_output=True, text=True, check=True)
     expected, got = json.loads(cli.stdout), r.json()

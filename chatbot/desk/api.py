@@ -57,7 +57,7 @@ class Answer(BaseModel):
     query: str
     abstained: bool = Field(description='true exactly when decision is "none"')
     ambiguous: bool
-    decision: Literal["answer", "suggest", "none"]
+    decision: Literal[search.DECISIONS]  # the engine's three
     results: list[Result]
     confidence: float
     followed_context: bool
@@ -108,7 +108,8 @@ def create(desk):
         try:
             out = await desk.api_search_async(body.question, body.top_k, body.context or "")
         except Busy:
-            return _busy(JSONResponse)
+            return JSONResponse({"error": "the desk is busy; try again in a second"}, status_code=503,
+                                headers={"retry-after": RETRY_AFTER})
         # The dict as it is: through response_model FastAPI would validate and copy it again.
         return JSONResponse(out, status_code=422 if out.get("error") else 200)
 
@@ -125,11 +126,6 @@ def create(desk):
         return HTMLResponse(page(api.openapi()))
 
     return api
-
-
-def _busy(JSONResponse):
-    return JSONResponse({"error": "the desk is busy; try again in a second"}, status_code=503,
-                        headers={"retry-after": RETRY_AFTER})
 
 
 def page(spec: dict) -> str:

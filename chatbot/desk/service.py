@@ -94,8 +94,8 @@ class Desk:
         try:
             top_k, context = _checked(question, top_k, context)
             return self._search(question, top_k=top_k, context=context, channel="api")[1]
-        except QueryError as e:  # the same shape the CLI prints for a question it cannot search
-            return search_mod.Answer.refused(question if isinstance(question, str) else "", str(e)).to_json()
+        except QueryError as e:
+            return _refused(question, e)
 
     async def api_search_async(self, question: str, top_k: int = config.TOP_K, context: str = "") -> dict:
         """POST /api/search (chatbot/desk/api.py): the same answer, asked from the event loop. The
@@ -107,7 +107,7 @@ class Desk:
                                        started=time.perf_counter())
                 return (await asyncio.wrap_future(job))[1]
         except QueryError as e:
-            return search_mod.Answer.refused(question if isinstance(question, str) else "", str(e)).to_json()
+            return _refused(question, e)
 
     def _search(self, question: str, *, top_k: int, channel: str, context: str = "", audience: str = ""):
         return self.pool.run(self._search_here, question, top_k=top_k, channel=channel, context=context,
@@ -190,6 +190,11 @@ def _checked(question, top_k, context) -> tuple[int, str]:
     if context is not None and not isinstance(context, str):
         raise QueryError(f"context must be a programme key (a string), got {type(context).__name__}")
     return top_k, (context or "").strip()
+
+
+def _refused(question, error: QueryError) -> dict:
+    """The same shape the CLI prints for a question it cannot search, with `error`."""
+    return search_mod.Answer.refused(question if isinstance(question, str) else "", str(error)).to_json()
 
 
 def _brief(value) -> str:
