@@ -90,7 +90,8 @@ def calibrate(searcher: Searcher, queries: list[evaluation.Query], log=print) ->
                        abstain_threshold=none_cut, answer_threshold=answer_cut)
     report["abstention"] = {
         "features": ["dense top cosine", "dense peak (z)", "IDF share covered by best BM25 passage",
-                     "log1p BM25 max", "Latin share", "kNN margin: nearest out-of-scope minus in-scope example"],
+                     "log1p BM25 max", "Latin share", "kNN margin: nearest out-of-scope minus in-scope example",
+                     "IDF share covered (English)", "log1p BM25 max (English)"],
         "in_scope_min": float(p[y == 1].min()), "out_of_scope_max": float(p[y == 0].max()),
         "out_of_scope_none": int((p[y == 0] < none_cut).sum()),
         "out_of_scope_answered": int((p[y == 0] >= answer_cut).sum()), "out_of_scope": int((y == 0).sum()),

@@ -53,7 +53,7 @@ class Settings:
     fusion: str = "rrf"  # "rrf" or "score" (min-max normalised, weighted)
     rrf_k: float = 60.0
     dense_weight: float = 0.5  # for fusion="score"
-    abstain_weights: tuple[float, ...] = (0.0,) * 6  # see Searcher._features
+    abstain_weights: tuple[float, ...] = (0.0,) * 8  # see Searcher._features
     abstain_bias: float = 1.0
     abstain_threshold: float = 0.5  # below: decision "none"
     answer_threshold: float = 0.5  # from here: decision "answer"; in between: "suggest"
@@ -358,19 +358,24 @@ class Searcher:
         0 the best dense cosine; 1 how far it stands above the field (z-score over programmes);
         2 the share of the question's information covered by the best BM25 passage (_covered);
         3 log(1 + BM25 max);
-        4 the share of Latin letters in the question. The corpus is Japanese, so lexical
-        evidence means nothing for an English question: 2 and 3 are scaled by (1 - 4).
+        4 the share of Latin letters in the question;
         5 how much nearer the question is to a labelled out-of-scope tuning question than to
         an in-scope one (0 before calibration has labelled any); the bank's questions count as
-        in-scope examples.
+        in-scope examples;
+        6, 7 are 2 and 3 for English. An English question's BM25 evidence comes only from the
+        profiles' English terms and the link titles, a different scale from Japanese text:
+        2 and 3 are scaled by the Japanese share (1 - 4), 6 and 7 by the Latin share (4), so
+        the model weighs each language's lexical evidence on its own (10-fold CV on the tune
+        questions: English in-scope sent away 1.9 → 0.1 of 46, the Japanese unchanged within 1).
         """
         ranked = np.sort(dense)[::-1]
         peak = (ranked[0] - ranked.mean()) / (ranked.std() + 1e-6)
         latin = latin_share(clean)
         japanese = 1.0 - latin
         knn = self.examples.margin(vector, exclude, nearest_bank) if self.examples is not None else 0.0
-        return np.array([ranked[0], peak, covered * japanese, math.log1p(float(lexical_p.max())) * japanese,
-                         latin, knn], dtype=np.float64)
+        strength = math.log1p(float(lexical_p.max()))
+        return np.array([ranked[0], peak, covered * japanese, strength * japanese, latin, knn,
+                         covered * latin, strength * latin], dtype=np.float64)
 
     def _reload_bank(self) -> None:
         with self._reloading:  # searches run in parallel: one reloads, the others find it done
