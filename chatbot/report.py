@@ -19,6 +19,7 @@ from chatbot import evaluation, plots
 REPO = Path(__file__).resolve().parent.parent
 QUERIES = REPO / "eval" / "queries.jsonl"
 REAL_STYLE = REPO / "eval" / "real_style.jsonl"
+ENGLISH_BLIND = REPO / "eval" / "english_blind.jsonl"  # held out, English only
 BASELINE = REPO / "eval" / "baseline.json"  # the same sets on main before profiles and the bank
 DEV = REPO / "tests" / "data" / "dev_queries.jsonl"  # copy of shared/eval/dev_queries.jsonl
 RESULTS = REPO / "bench" / "results"
@@ -34,6 +35,7 @@ def query_sets() -> dict[str, list[evaluation.Query]]:
         "real-style test (held out, written blind)": [q for q in real if q.split == "test"],
         "real-style tune": [q for q in real if q.split == "tune"],
         "real-style English (both splits)": [q for q in real if q.kind == "english" or (q.query.isascii() and q.in_scope)],
+        "English, written blind (held out)": evaluation.load_queries([ENGLISH_BLIND]),
         "test (held out)": [q for q in ours if q.split == "test"],
         "tune": [q for q in ours if q.split == "tune"],
         "dev (shared)": evaluation.load_queries([DEV]),

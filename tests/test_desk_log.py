@@ -57,6 +57,7 @@ def db(request, tmp_path) -> tuple[str, object]:
 
 @pytest.fixture
 def logged_desk(lean_index, db, tmp_path):
+    """A desk of the test's own, on a log database of its own (for tests that count every row)."""
     url, _ = db
     desk = DeskProcess(lean_index, tmp_path / "data", db=url, replica="desk-a", staff=STAFF)
     try:
@@ -65,24 +66,29 @@ def logged_desk(lean_index, db, tmp_path):
         desk.stop()
 
 
-def test_the_desk_says_where_it_logs(logged_desk):
-    desk, url = logged_desk
-    assert any(line.startswith("madoguchi: log → ") and f"schema {SCHEMA_VERSION}, replica desk-a" in line for line in desk.output)
+# The next four share the session's desk on each backend (conftest `desk`; a desk start costs
+# seconds): each reads back only its own rows, told apart by a token of its own.
+
+def test_the_desk_says_where_it_logs(desk):
+    assert any(line.startswith("madoguchi: log → ") and f"schema {SCHEMA_VERSION}, replica " in line
+               for line in desk.output)
 
 
-def test_no_match_from_the_api_is_logged_like_one_from_the_chat(logged_desk):
+def test_no_match_from_the_api_is_logged_like_one_from_the_chat(desk):
     from gradio_client import Client
 
-    desk, url = logged_desk
-    assert search(desk.url, "今日の天気は？ api")["abstained"]
-    Client(desk.url, verbose=False).predict("今日の天気は？ chat", [], api_name="/ask")
-    rows = eventually(lambda: [r for r in [sorted(query(url, "SELECT channel, question, abstained, replica FROM "
-                                                    "questions"))] if len(r) >= 2])  # both written
-    assert rows == [[("api", "今日の天気は？ api", 1, "desk-a"), ("visitor", "今日の天気は？ chat", 1, "desk-a")]]
+    token = uuid.uuid4().hex[:8]
+    assert search(desk.url, f"今日の天気は？ api {token}")["abstained"]
+    Client(desk.url, verbose=False).predict(f"今日の天気は？ chat {token}", [], api_name="/ask")
+    sql = "SELECT channel, question, abstained, replica FROM questions WHERE question LIKE ?"
+    rows = eventually(lambda: [r for r in [sorted(query(desk.log_url, sql, f"%{token}"))] if len(r) >= 2])
+    replica = rows[0][0][3]
+    assert replica and rows == [[("api", f"今日の天気は？ api {token}", 1, replica),
+                                 ("visitor", f"今日の天気は？ chat {token}", 1, replica)]]
 
 
-def test_feedback_api_is_stored_and_checked(logged_desk):
-    desk, url = logged_desk
+def test_feedback_api_is_stored_and_checked(desk):
+    url = desk.log_url
     out = post(desk.url, "feedback", ["J-PlatPatで特許を検索したい", "6.(1)", True])
     assert out["recorded"] and out["id"]
     assert eventually(lambda: query(url, "SELECT question, key, helpful, channel FROM feedback WHERE uid = ?",
@@ -93,15 +99,15 @@ def test_feedback_api_is_stored_and_checked(logged_desk):
         assert not refused["recorded"] and refused["error"]
 
 
-def test_concurrent_requests_are_each_logged(logged_desk):
-    desk, url = logged_desk
+def test_concurrent_requests_are_each_logged(desk):
     threads, each = 12, 10
+    token = uuid.uuid4().hex[:8]
     errors: list[str] = []
 
     def ask(t: int) -> None:
         for i in range(each):
             try:
-                search(desk.url, f"{OFF_TOPIC[i % len(OFF_TOPIC)]} conc-{t}-{i}")
+                search(desk.url, f"{OFF_TOPIC[i % len(OFF_TOPIC)]} conc-{token}-{t}-{i}")
             except Exception as e:  # noqa: BLE001 - counted below
                 errors.append(repr(e))
 
@@ -111,8 +117,8 @@ def test_concurrent_requests_are_each_logged(logged_desk):
     for w in workers:
         w.join()
     assert errors == []
-    assert eventually(lambda: scalar(url, "SELECT count(*) FROM questions WHERE question LIKE ?", "%conc-%")
-                      == threads * each)
+    assert eventually(lambda: scalar(desk.log_url, "SELECT count(*) FROM questions WHERE question LIKE ?",
+                                     f"%conc-{token}-%") == threads * each)
     assert not any("cannot write" in line for line in desk.output)
 
 
