@@ -5,11 +5,11 @@ What is measured, all on 127.0.0.1:
 - two desks, `python app.py --db <cluster> --replica desk-a` and `... desk-b`, each with its own
   --data-dir (its spool), both over the same built index;
 - nginx (/usr/sbin/nginx, one worker) in front of them, with deploy/nginx/madoguchi.conf rendered
-  for their ports: the one-shot API /gradio_api/run/ is balanced by least_conn;
+  for their ports: the JSON API /api/ is balanced by least_conn;
 - C client threads (default 8) for D seconds (default 60), each with one keep-alive connection to
-  nginx, asking questions through POST /gradio_api/run/search (in-scope and off-topic ones, each
+  nginx, asking questions through POST /api/search (in-scope and off-topic ones, each
   made unique with a " r<run>-<client>-<n>" suffix) and sending feedback through
-  /gradio_api/run/feedback for every second answer (the top programme's key, "" when the desk
+  POST /api/feedback for every second answer (the top programme's key, "" when the desk
   abstained). Acknowledged = HTTP 200 with the question echoed / "recorded": true; anything else
   (502, reset, timeout, another answer) is an error, counted by kind;
 - at 40% of the run desk-a gets SIGKILL; the clients carry on through nginx, which must send
@@ -201,19 +201,19 @@ class Api:
     def __init__(self, port: int, timeout: float):
         self.port, self.timeout, self.conn = port, timeout, None
 
-    def call(self, api: str, data: list) -> tuple[dict | None, str]:
+    def call(self, api: str, body: dict) -> tuple[dict | None, str]:
         """(the answer, "") or (None, the kind of error)."""
         try:
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
-            self.conn.request("POST", f"/gradio_api/run/{api}", body=json.dumps({"data": data}),
+            self.conn.request("POST", f"/api/{api}", body=json.dumps(body),
                               headers={"Content-Type": "application/json"})
             response = self.conn.getresponse()
             body = response.read()
             if response.status != 200:
                 self.close()  # nginx may close after an error page; start clean either way
                 return None, f"HTTP {response.status}"
-            return json.loads(body)["data"][0], ""
+            return json.loads(body), ""
         except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError) as e:
             self.close()
             return None, "timeout" if isinstance(e, TimeoutError) else type(e).__name__
@@ -233,7 +233,7 @@ def client(c: int, run: str, questions: list[str], args, start: float, stop: thr
         while not stop.is_set() and (not args.requests_per_client or i < args.requests_per_client):
             question = f"{questions[(c * 7919 + i) % len(questions)]} r{run}-{c}-{i}"
             t0 = time.monotonic() - start
-            answer, error = api.call("search", [question, 5, ""])
+            answer, error = api.call("search", {"question": question, "top_k": 5})
             if not error and not (isinstance(answer, dict) and answer.get("query") == question
                                   and "results" in answer and "error" not in answer):
                 error = "unexpected answer"
@@ -243,7 +243,7 @@ def client(c: int, run: str, questions: list[str], args, start: float, stop: thr
                 key = answer["results"][0]["key"] if answer["results"] and not answer.get("abstained") else ""
                 helpful = (i // args.feedback_every) % 2 == 0
                 t0 = time.monotonic() - start
-                ack, error = api.call("feedback", [question, key, helpful])
+                ack, error = api.call("feedback", {"question": question, "key": key, "helpful": helpful})
                 uid = ""
                 if not error:
                     try:
@@ -549,7 +549,7 @@ def main(argv=None) -> int:
 
         # -- nginx's view: which desk each request went to, and the retries -----------------
         kill_epoch = kill_wall.timestamp()
-        log = [e for e in nginx.access_log() if "/gradio_api/run/" in e["request"]]
+        log = [e for e in nginx.access_log() if "/api/" in e["request"]]
         a, b = f"{HOST}:{ports['desk-a']}", f"{HOST}:{ports['desk-b']}"
         after_log = [e for e in log if e["at"] >= kill_epoch]
         nginx_info = {
