@@ -349,6 +349,6 @@ def test_no_bank_question_is_an_evaluation_question():
     from chatbot import corpus, text
 
     asked = {text.normalise(q) for p in corpus.load(REPO / "corpus") for q in p.asks}
-    for name in ("queries.jsonl", "real_style.jsonl", "english_blind.jsonl"):
+    for name in ("queries.jsonl", "real_style.jsonl", "english_tune.jsonl", "english_blind.jsonl"):
         for q in evaluation.load_queries([REPO / "eval" / name]):
             assert text.normalise(q.query) not in asked, q.id
