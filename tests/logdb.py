@@ -1,8 +1,9 @@
 """Reading the desk's log straight from its database in tests, whichever backend it is.
 
 `query(url, sql, *params)` takes SQLite-style `?` placeholders and returns plain tuples (PostgreSQL's
-booleans as 0/1, uuids as hex), so one assertion serves both backends. `eventually` waits for the
-log's writer thread, which stores records a moment after they are acknowledged.
+booleans as 0/1, uuids as hex), so one assertion serves both backends. `eventually` and
+`query_when` wait for the log's writer thread, which stores records a moment after they are
+acknowledged.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ def query(url: str, sql: str, *params) -> list[tuple]:
 def scalar(url: str, sql: str, *params):
     rows = query(url, sql, *params)
     return rows[0][0] if rows else None
+
+
+def query_when(url: str, sql: str, expect, *params) -> list[tuple]:
+    """The rows once `expect(rows)` holds (the log writes a moment after it acknowledges), else
+    the rows as they are when `eventually` gives up."""
+    def check():
+        found = query(url, sql, *params)
+        return found if expect(found) else None
+
+    return eventually(check) or query(url, sql, *params)
 
 
 def eventually(check, timeout: float = 15.0, every: float = 0.05):

@@ -11,7 +11,7 @@ import pytest
 
 from chatbot import corpus
 from chatbot.desk import render
-from logdb import eventually, query
+from logdb import query_when
 
 REPO = Path(__file__).resolve().parent.parent
 ASK_KEYS = {"query", "abstained", "ambiguous", "decision", "results", "confidence", "followed_context"}
@@ -75,15 +75,6 @@ def client(desk):
     return Client(desk.url, verbose=False)
 
 
-def rows(desk, sql: str, expect) -> list[tuple]:
-    """The log's rows once `expect(rows)` holds (the log writes a moment after it acknowledges)."""
-    def check():
-        found = query(desk.log_url, sql)
-        return found if expect(found) else None
-
-    return eventually(check) or query(desk.log_url, sql)
-
-
 def test_desk_builds_a_missing_index_on_first_start_and_loads_a_current_one(desk, lean_index):
     """The SQLite desk started on an empty index directory, the PostgreSQL one on the session's
     built index (tests/conftest.py)."""
@@ -123,7 +114,8 @@ def test_off_topic_abstains_and_is_logged(client, desk):
     out = client.predict("今日の天気は？", 5, "", api_name="/search")
     assert out["abstained"] and out["results"] == []
     expected = ("api", "今日の天気は？")
-    assert expected in rows(desk, "SELECT channel, question FROM questions WHERE abstained", lambda r: expected in r)
+    assert expected in query_when(desk.log_url, "SELECT channel, question FROM questions WHERE abstained",
+                                  lambda r: expected in r)
 
 
 def test_bad_context_is_an_error_answer(client):
@@ -138,8 +130,8 @@ def test_staff_feedback_is_stored_with_the_staff_name(desk):
     assert console.predict(api_name="/staff_feedback_down").startswith("記録しました")
     expected = ("起業したばかりで知財の専門家に相談したい", table["data"][0][1], 0, desk.staff[0])
     # other tests' console votes are in this desk's log too: wait for this one
-    assert expected in rows(desk, "SELECT question, key, helpful, staff FROM feedback WHERE channel = 'staff'",
-                            lambda found: expected in found)
+    assert expected in query_when(desk.log_url, "SELECT question, key, helpful, staff FROM feedback "
+                                  "WHERE channel = 'staff'", lambda found: expected in found)
 
 
 def test_a_console_correction_answers_the_next_visitor(desk, client):

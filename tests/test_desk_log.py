@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from chatbot.store import default_replica
 from chatbot.store.schema import SCHEMA_VERSION
 
 from desk_probe import STAFF, DeskProcess
-from logdb import Outage, eventually, query, scalar
+from logdb import Outage, eventually, query, query_when, scalar
 
 REPO = Path(__file__).resolve().parent.parent
 OFF_TOPIC = ["今日の天気は？", "美味しい焼肉屋を教えてください", "明日の株価を予想して", "おすすめの映画は？"]
@@ -70,7 +71,8 @@ def logged_desk(lean_index, db, tmp_path):
 # seconds): each reads back only its own rows, told apart by a token of its own.
 
 def test_the_desk_says_where_it_logs(desk):
-    assert any(line.startswith("madoguchi: log → ") and f"schema {SCHEMA_VERSION}, replica " in line
+    replica = default_replica(desk.port)  # the session's desks are started without --replica
+    assert any(line.startswith("madoguchi: log → ") and f"schema {SCHEMA_VERSION}, replica {replica}" in line
                for line in desk.output)
 
 
@@ -80,11 +82,11 @@ def test_no_match_from_the_api_is_logged_like_one_from_the_chat(desk):
     token = uuid.uuid4().hex[:8]
     assert search(desk.url, f"今日の天気は？ api {token}")["abstained"]
     Client(desk.url, verbose=False).predict(f"今日の天気は？ chat {token}", [], api_name="/ask")
-    sql = "SELECT channel, question, abstained, replica FROM questions WHERE question LIKE ?"
-    rows = eventually(lambda: [r for r in [sorted(query(desk.log_url, sql, f"%{token}"))] if len(r) >= 2])
-    replica = rows[0][0][3]
-    assert replica and rows == [[("api", f"今日の天気は？ api {token}", 1, replica),
-                                 ("visitor", f"今日の天気は？ chat {token}", 1, replica)]]
+    rows = query_when(desk.log_url, "SELECT channel, question, abstained, replica FROM questions WHERE question LIKE ?",
+                      lambda found: len(found) >= 2, f"%{token}")  # both written
+    replica = default_replica(desk.port)
+    assert sorted(rows) == [("api", f"今日の天気は？ api {token}", 1, replica),
+                            ("visitor", f"今日の天気は？ chat {token}", 1, replica)]
 
 
 def test_feedback_api_is_stored_and_checked(desk):
